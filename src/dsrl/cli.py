@@ -1,0 +1,137 @@
+"""The `dsrl` command: `dsrl train` (a torchrun launcher) and `dsrl prepare-data`.
+
+Importing this module needs no torch, so `dsrl prepare-data` also works in the workflow environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+from dsrl.config import ConfigError, load_config, parse_override
+
+# torchrun's multi-node rendezvous flags, passed through verbatim.
+RDZV_FLAGS = (
+    "--nnodes",
+    "--node-rank",
+    "--rdzv-endpoint",
+    "--rdzv-backend",
+    "--rdzv-id",
+    "--master-addr",
+    "--master-port",
+    "--max-restarts",
+)
+
+
+def _explicit(overrides: list[str], key: str) -> str | None:
+    for arg in overrides:
+        if "=" in arg and not arg.startswith(("-",)):
+            _, k, v = parse_override(arg)
+            if k == key:
+                return str(v)
+    return None
+
+
+def _visible_gpus() -> int:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip()])
+    return 0 if shutil.which("nvidia-smi") is None else _count_nvidia_smi()
+
+
+def _count_nvidia_smi() -> int:
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return len([line for line in out.stdout.splitlines() if line.startswith("GPU ")])
+
+
+def train_command(argv: list[str]) -> list[str]:
+    """Build the torchrun command line; validates the config and the launch shape first."""
+    parser = argparse.ArgumentParser(prog="dsrl train", description="Launch dsrl.train under torchrun.")
+    parser.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=None,
+        help="processes (GPUs, or CPU ranks) per node; default: trainer.n_gpus_per_node if set, "
+        "else the visible GPUs, else 1",
+    )
+    for flag in RDZV_FLAGS:
+        parser.add_argument(flag, default=None)
+    args, overrides = parser.parse_known_args(argv)
+    unknown = [a for a in overrides if a.startswith("--")]
+    if unknown:
+        parser.error(f"unknown option(s) {' '.join(unknown)}; overrides are key=value")
+
+    explicit_gpus = _explicit(overrides, "trainer.n_gpus_per_node")
+    explicit_nodes = _explicit(overrides, "trainer.nnodes")
+    nproc = args.nproc_per_node or (int(explicit_gpus) if explicit_gpus else (_visible_gpus() or 1))
+    nnodes = int(args.nnodes) if args.nnodes else 1
+    if explicit_gpus is not None and int(explicit_gpus) != nproc:
+        raise ConfigError(f"trainer.n_gpus_per_node={explicit_gpus} but --nproc-per-node {nproc}: make them agree")
+    if explicit_nodes is not None and int(explicit_nodes) != nnodes:
+        raise ConfigError(f"trainer.nnodes={explicit_nodes} but --nnodes {nnodes}: make them agree")
+    overrides = [o for o in overrides if _key_of(o) not in ("trainer.n_gpus_per_node", "trainer.nnodes")]
+    overrides += [f"trainer.n_gpus_per_node={nproc}", f"trainer.nnodes={nnodes}"]
+    load_config(overrides)  # fail here, before any process starts
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+    rdzv = {flag: getattr(args, flag[2:].replace("-", "_")) for flag in RDZV_FLAGS}
+    if nnodes == 1 and not any(v for k, v in rdzv.items() if k != "--nnodes"):
+        cmd.append("--standalone")  # a free rendezvous port per job: concurrent jobs on one node never clash
+    else:
+        cmd += [f"{k}={v}" for k, v in rdzv.items() if v is not None]
+    return cmd + ["-m", "dsrl.train", *overrides]
+
+
+def _key_of(arg: str) -> str | None:
+    if "=" not in arg:
+        return None
+    return arg.split("=", 1)[0].lstrip("+")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(
+            "usage: dsrl {train,prepare-data} ...\n\n"
+            "  train         launch a PPO/GRPO run under torchrun (dsrl train --help)\n"
+            "  prepare-data  write GSM8K train/test parquet files (dsrl prepare-data --help)"
+        )
+        return 0
+    sub, rest = argv[0], argv[1:]
+    if sub == "prepare-data":
+        from dsrl.data import main_prepare
+
+        try:
+            main_prepare(rest)
+        except (ValueError, FileNotFoundError, RuntimeError) as exc:
+            print(f"dsrl prepare-data: error: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    if sub == "train":
+        try:
+            cmd = train_command(rest)
+        except ConfigError as exc:
+            print(f"dsrl: config error: {exc}", file=sys.stderr)
+            return 2
+        env = dict(os.environ)
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        proc = subprocess.Popen(cmd, env=env)
+        signal.signal(signal.SIGTERM, lambda signum, _frame: proc.send_signal(signum))  # SLURM preemption
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            proc.terminate()
+            return proc.wait()
+    print(f"dsrl: unknown command {sub!r} (valid: train, prepare-data)", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

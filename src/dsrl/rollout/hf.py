@@ -1,0 +1,66 @@
+"""Rollout with Hugging Face `generate` on the actor engine's own module (ZeRO-3 parameters gathered once)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from dsrl.engines import full_parameters
+from dsrl.rollout import Sampling, trim_response
+
+
+class HFRollout:
+    """Generates with the training weights themselves, so `sync_weights` has nothing to move."""
+
+    def __init__(self, engine, tokenizer, device: torch.device, micro_batch: int | None = None):
+        self.engine = engine
+        self.device = device
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        eos = tokenizer.eos_token_id
+        self.eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
+        self.micro_batch = micro_batch
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Sequence[int]], n: int, sampling: Sampling, seed: int) -> list[list[int]]:
+        rows = [list(p) for p in prompts for _ in range(n)]
+        chunk = self.micro_batch or len(rows)
+        out: list[list[int]] = []
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        with full_parameters(self.engine) as model:
+            was_training = model.training
+            model.eval()
+            try:
+                for start in range(0, len(rows), chunk):
+                    out.extend(self._generate(model, rows[start : start + chunk], sampling))
+            finally:
+                model.train(was_training)
+        torch.random.set_rng_state(generator_state)
+        return out
+
+    def _generate(self, model, rows: list[list[int]], s: Sampling) -> list[list[int]]:
+        plen = max(len(r) for r in rows)
+        ids = torch.full((len(rows), plen), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, r in enumerate(rows):
+            ids[i, plen - len(r) :] = torch.tensor(r)
+            mask[i, plen - len(r) :] = 1
+        kwargs = {
+            "max_new_tokens": s.max_new_tokens,
+            "pad_token_id": self.pad_id,
+            "eos_token_id": None if s.ignore_eos else sorted(self.eos_ids),
+            "use_cache": True,
+        }
+        if s.do_sample and s.temperature > 0:
+            kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k if s.top_k > 0 else 0)
+        else:
+            kwargs.update(do_sample=False)
+        seqs = model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
+        return [trim_response(row[plen:].tolist(), self.eos_ids, s.ignore_eos) for row in seqs]
+
+    def sync_weights(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None

@@ -1,0 +1,69 @@
+"""Per-rank entry point, launched by torchrun: `python -m dsrl.train [overrides]`.
+
+The config is parsed and validated before the process group starts, so a typo fails in a second, not after
+minutes of model loading on every rank.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from dsrl.config import ConfigError, load_config
+
+EXIT_CONFIG = 2
+EXIT_PREEMPTED = 143
+
+
+def resolve_device(kind: str) -> str:
+    if kind != "auto":
+        return kind
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    rank = int(os.environ.get("RANK", 0))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        cfg = load_config(argv)
+        device = resolve_device(cfg.trainer.device)
+        if device == "cpu":
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        cfg.trainer.device = device
+
+        from dsrl import dist
+        from dsrl.trainer import Preempted, Trainer, check_launch
+
+        launch = dist.launch_info(device)
+        check_launch(cfg, launch)
+    except ConfigError as exc:
+        print(f"dsrl: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    dist.init(launch, float(cfg.trainer.dist_timeout))
+    try:
+        Trainer(cfg, launch).fit()
+    except ConfigError as exc:
+        print(f"dsrl: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except Preempted as exc:
+        print(f"dsrl: {exc}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    finally:
+        import torch.distributed as tdist
+
+        if tdist.is_initialized():
+            tdist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,621 @@
+"""The PPO/GRPO loop, readable top to bottom.
+
+generate -> reward -> old log-probs -> ref log-probs -> values -> advantages -> critic update -> actor update
+-> weight sync -> metrics -> checkpoint.
+
+Every rank rolls out its own share of prompts; advantages and batch metrics are computed on the whole batch (gathered
+on every rank, as verl's driver does) so GAE whitening and the logged statistics match verl's exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from dsrl import algorithms as algos
+from dsrl import atomic, checkpoint, dist
+from dsrl import workers as W
+from dsrl.batching import BatchPlan, plan_batches
+from dsrl.config import ConfigError, to_container, use_critic
+from dsrl.data import PromptBatcher, encode_prompts, prepare_gsm8k, read_prompts
+from dsrl.engines import DTYPES, EngineSpec, build_spec, initialize, load_model, lr_lambda
+from dsrl.metrics import MetricsWriter, Timer, console_line, memory_metrics
+from dsrl.models import resolve_model_path
+from dsrl.reward import default_compute_score, load_custom_reward_fn, score_batch
+from dsrl.rollout import Sampling, assemble_batch
+from dsrl.rollout.hf import HFRollout
+
+log = logging.getLogger("dsrl")
+
+
+class Preempted(RuntimeError):
+    """SIGTERM arrived (SLURM preemption or time limit); the run stops after the current step."""
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def derived_seed(*parts: int) -> int:
+    """A stable per-(seed, step, rank) seed, so a resumed run samples exactly what an uninterrupted one did."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") % 2**63
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_list(files: Any) -> list[str]:
+    if files is None:
+        return []
+    return [str(files)] if isinstance(files, str) else [str(f) for f in files]
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, launch: dist.Launch):
+        self.cfg = cfg
+        self.launch = launch
+        self.device = launch.device
+        self.run_dir = Path(cfg.trainer.run_dir)
+        self.seed = int(cfg.trainer.seed)
+        self.plan: BatchPlan = plan_batches(cfg, launch.world_size)
+        self.use_critic = use_critic(cfg)
+        actor_cfg = cfg.actor_rollout_ref.actor
+        self.use_ref = bool(actor_cfg.use_kl_loss or cfg.algorithm.use_kl_in_reward)
+        self._preempt = False
+        _seed_all(self.seed)
+
+        self._prepare_data_and_model()
+        self._build_engines()
+        self._build_rollout()
+        self._build_reward()
+        self.kl_ctrl = algos.make_kl_controller(
+            cfg.algorithm.kl_ctrl.type,
+            float(cfg.algorithm.kl_ctrl.kl_coef),
+            target_kl=float(cfg.algorithm.kl_ctrl.target_kl),
+            horizon=float(cfg.algorithm.kl_ctrl.horizon),
+        )
+        self.remove_padding = self._check_remove_padding()
+
+    # ---------------------------------------------------------------- setup
+    def _prepare_data_and_model(self) -> None:
+        cfg = self.cfg
+        train_files = _as_list(cfg.data.train_files)
+        val_files = _as_list(cfg.data.val_files)
+        if not train_files:
+            data_dir = self.run_dir / "data"
+            if self.launch.is_main:
+                prepare_gsm8k("synthetic", data_dir, seed=self.seed)
+            dist.barrier()
+            train_files = [str(data_dir / "train.parquet")]
+            val_files = val_files or [str(data_dir / "test.parquet")]
+        self.train_files, self.val_files = train_files, val_files
+        model_path = cfg.actor_rollout_ref.model.path
+        if self.launch.is_main:
+            resolve_model_path(model_path, corpus_files=train_files)
+        dist.barrier()
+        self.actor_path = str(resolve_model_path(model_path, corpus_files=train_files))
+        critic_path = cfg.critic.model.path
+        self.critic_path = str(resolve_model_path(critic_path, corpus_files=train_files)) if self.use_critic else None
+
+        from transformers import AutoTokenizer
+
+        tok_path = cfg.actor_rollout_ref.model.tokenizer_path or self.actor_path
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            tok_path, trust_remote_code=bool(cfg.actor_rollout_ref.model.trust_remote_code)
+        )
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        rows = [r for f in train_files for r in read_prompts(f)]
+        ids, kept = encode_prompts(
+            rows, self.tokenizer, int(cfg.data.max_prompt_length), bool(cfg.data.filter_overlong_prompts)
+        )
+        self.train_rows = [rows[i] for i in kept]
+        self.train_ids = ids
+        if len(self.train_rows) < cfg.data.train_batch_size:
+            raise ConfigError(
+                f"data.train_batch_size={cfg.data.train_batch_size} is larger than the {len(self.train_rows)} "
+                f"usable prompts in {', '.join(train_files)}"
+            )
+        self.val_rows: list[dict] = []
+        self.val_ids: list[list[int]] = []
+        if val_files and (cfg.trainer.test_freq > 0 or cfg.trainer.val_before_train):
+            vrows = [r for f in val_files for r in read_prompts(f)]
+            vids, vkept = encode_prompts(vrows, self.tokenizer, int(cfg.data.max_prompt_length), True)
+            self.val_rows, self.val_ids = [vrows[i] for i in vkept], vids
+        data_seed = cfg.data.seed if cfg.data.seed is not None else self.seed
+        self.batcher = PromptBatcher(
+            len(self.train_rows),
+            int(cfg.data.train_batch_size),
+            int(data_seed),
+            shuffle=bool(cfg.data.shuffle),
+        )
+        steps_per_epoch = len(self.train_rows) // int(cfg.data.train_batch_size)
+        total = cfg.trainer.total_training_steps
+        self.total_steps = int(total) if total is not None else steps_per_epoch * int(cfg.trainer.total_epochs)
+
+    def _build_engines(self) -> None:
+        cfg, world, dev = self.cfg, self.launch.world_size, self.device.type
+        arr = cfg.actor_rollout_ref
+        a_ds = arr.actor.deepspeed
+        self.actor_spec = build_spec("actor", a_ds, arr.actor.optim, self.plan.actor, world, dev, arr.actor.grad_clip)
+        self.specs: dict[str, EngineSpec] = {"actor": self.actor_spec}
+        dtype = DTYPES[a_ds.mixed_precision]
+        model = load_model(
+            self.actor_path,
+            kind="actor",
+            spec=self.actor_spec,
+            dtype=dtype,
+            trust_remote_code=bool(arr.model.trust_remote_code),
+            override_config=dict(arr.model.override_config),
+            gradient_checkpointing=bool(arr.model.enable_gradient_checkpointing),
+        )
+        self.actor = initialize(model, self.actor_spec, lr_lambda(arr.actor.optim, self.total_steps))
+        self.engines = {"actor": self.actor}
+        self.ref = None
+        if self.use_ref:
+            ref_spec = build_spec("ref", a_ds, None, None, world, dev)
+            self.specs["ref"] = ref_spec
+            ref_model = load_model(
+                self.actor_path,
+                kind="ref",
+                spec=ref_spec,
+                dtype=dtype,
+                trust_remote_code=bool(arr.model.trust_remote_code),
+                override_config=dict(arr.model.override_config),
+                gradient_checkpointing=False,
+            )
+            if int(a_ds.zero_stage) == 3:
+                self.ref = initialize(ref_model, ref_spec)
+            else:
+                self.ref = ref_model.to(self.device).eval().requires_grad_(False)
+        self.critic = None
+        if self.use_critic:
+            c_ds = cfg.critic.deepspeed_config
+            spec = build_spec("critic", c_ds, cfg.critic.optim, self.plan.critic, world, dev, cfg.critic.grad_clip)
+            self.specs["critic"] = spec
+            critic_model = load_model(
+                self.critic_path,
+                kind="critic",
+                spec=spec,
+                dtype=DTYPES[c_ds.mixed_precision],
+                trust_remote_code=bool(cfg.critic.model.trust_remote_code),
+                override_config=dict(cfg.critic.model.override_config),
+                gradient_checkpointing=bool(cfg.critic.model.enable_gradient_checkpointing),
+            )
+            self.critic = initialize(critic_model, spec, lr_lambda(cfg.critic.optim, self.total_steps))
+            self.engines["critic"] = self.critic
+
+    def _build_rollout(self) -> None:
+        rollout_cfg = self.cfg.actor_rollout_ref.rollout
+        if rollout_cfg.name == "vllm":
+            raise ConfigError(
+                "actor_rollout_ref.rollout.name=vllm: the vLLM server rollout is not available in this dsrl build "
+                "yet; use actor_rollout_ref.rollout.name=hf"
+            )
+        self.rollout = HFRollout(self.actor, self.tokenizer, self.device)
+
+    def _build_reward(self) -> None:
+        crf = self.cfg.custom_reward_function
+        self.reward_fn = load_custom_reward_fn(crf.path, crf.name) if crf.path else default_compute_score
+        self.reward_kwargs = dict(self.cfg.reward.reward_kwargs)
+
+    def _check_remove_padding(self) -> bool:
+        """Packed (padding-free) forwards need an attention path that honours packed position_ids: verify it."""
+        model_cfg = self.cfg.actor_rollout_ref.model
+        if not model_cfg.use_remove_padding:
+            return False
+        attn = dict(model_cfg.override_config).get("attn_implementation", "sdpa")
+        if self.device.type == "cuda" and "flash" not in str(attn):
+            log.warning(
+                "use_remove_padding=True: attn_implementation=%s would materialise a block-diagonal mask "
+                "on the GPU; falling back to padded batches (set actor_rollout_ref.model.override_config."
+                "attn_implementation=flash_attention_2 where flash-attn is installed)",
+                attn,
+            )
+            return False
+        ids = [[5, 6, 7, 8, 9], [10, 11, 12]]
+        batch = assemble_batch([i[:2] for i in ids], [i[2:] for i in ids], 1, self.rollout.pad_id, 3, self.device)
+        with torch.no_grad():
+            packed, _ = W.log_probs_of(self.actor, batch, 1.0, True)
+            padded, _ = W.log_probs_of(self.actor, batch, 1.0, False)
+        tol = 1e-3 if self.actor_spec.ds_config.get("bf16") is None else 5e-2
+        ok = bool(torch.allclose(packed, padded, atol=tol))
+        ok = bool(dist.all_reduce_scalars([float(ok)], "min")[0])
+        if not ok:
+            log.warning(
+                "use_remove_padding=True: this model's attention does not honour packed sequences; "
+                "falling back to padded batches"
+            )
+        else:
+            log.info("use_remove_padding=True: log-prob, value and update forwards run on packed sequences")
+        return ok
+
+    # ---------------------------------------------------------------- run bookkeeping
+    def run_info(self, status: str, last_step: int, error: str | None = None) -> dict[str, Any]:
+        import deepspeed
+        import transformers
+
+        import dsrl
+
+        devices = (
+            [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            if self.device.type == "cuda"
+            else [platform.processor() or platform.machine()]
+        )
+        return {
+            "status": status,
+            "last_step": last_step,
+            "total_steps": self.total_steps,
+            "error": error,
+            "seed": self.seed,
+            "experiment_name": self.cfg.trainer.experiment_name,
+            "config": to_container(self.cfg),
+            "deepspeed": {name: spec.summary() for name, spec in self.specs.items()},
+            "batch_plan": {
+                "world_size": self.plan.world_size,
+                "prompts_per_rank": self.plan.prompts_per_rank,
+                "sequences_per_rank": self.plan.sequences_per_rank,
+                "actor": vars(self.plan.actor),
+                "critic": vars(self.plan.critic) if self.plan.critic else None,
+            },
+            "remove_padding_effective": self.remove_padding,
+            "model_path": self.actor_path,
+            "versions": {
+                "dsrl": dsrl.__version__,
+                "python": sys.version.split()[0],
+                "torch": torch.__version__,
+                "deepspeed": deepspeed.__version__,
+                "transformers": transformers.__version__,
+            },
+            "devices": {"type": self.device.type, "world_size": self.launch.world_size, "names": devices},
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+    def _write_run_json(self, status: str, last_step: int, error: str | None = None) -> None:
+        if self.launch.is_main:
+            atomic.write_json(self.run_dir / "run.json", self.run_info(status, last_step, error))
+
+    # ---------------------------------------------------------------- checkpoints
+    def _ckpt_root(self) -> Path:
+        return Path(self.cfg.trainer.default_local_dir)
+
+    def _keep(self) -> int | None:
+        t = self.cfg.trainer
+        values = [v for v in (t.max_ckpt_to_keep, t.max_actor_ckpt_to_keep, t.max_critic_ckpt_to_keep) if v]
+        return min(values) if values else None
+
+    def save(self, step: int) -> None:
+        state = {
+            "step": step,
+            "batcher": self.batcher.state_dict(),
+            "kl_ctrl": self.kl_ctrl.state_dict(),
+            "rng": _rng_state(),
+        }
+        checkpoint.save(self._ckpt_root(), step, self.engines, state, self.launch.rank, self._keep())
+
+    def maybe_resume(self) -> int:
+        """Return the last completed step (0 for a fresh run) after restoring from a checkpoint if asked."""
+        t = self.cfg.trainer
+        if t.resume_mode == "disable":
+            return 0
+        path = Path(t.resume_from_path) if t.resume_mode == "resume_path" else checkpoint.latest(self._ckpt_root())
+        if path is None:
+            return 0
+        state = checkpoint.load(path, self.engines, self.launch.rank)
+        self.batcher.load_state_dict(state["batcher"])
+        self.kl_ctrl.load_state_dict(state["kl_ctrl"])
+        _set_rng_state(state["rng"])
+        log.info("resumed from %s (step %d)", path, state["step"])
+        return int(state["step"])
+
+    # ---------------------------------------------------------------- the loop
+    def _shard(self, indices: list[int]) -> list[int]:
+        per = self.plan.prompts_per_rank
+        r = self.launch.rank
+        return indices[r * per : (r + 1) * per]
+
+    def _scores(self, rows: list[dict], responses: list[list[int]], n: int) -> list[float]:
+        texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
+        expanded = [row for row in rows for _ in range(n)]
+        return score_batch(
+            self.reward_fn,
+            data_sources=[r["data_source"] for r in expanded],
+            solution_strs=texts,
+            ground_truths=[r["reward_model"]["ground_truth"] for r in expanded],
+            extra_infos=[r.get("extra_info") for r in expanded],
+            reward_kwargs=self.reward_kwargs,
+            num_workers=int(self.cfg.reward.num_workers),
+        )
+
+    def _sampling(self, val: bool = False) -> Sampling:
+        r = self.cfg.actor_rollout_ref.rollout
+        src = r.val_kwargs if val else r
+        return Sampling(
+            max_new_tokens=int(self.cfg.data.max_response_length),
+            temperature=float(src.temperature),
+            top_p=float(src.top_p),
+            top_k=int(src.top_k),
+            do_sample=bool(src.do_sample),
+            ignore_eos=bool(r.ignore_eos),
+        )
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg = self.cfg
+        arr = cfg.actor_rollout_ref
+        n = self.plan.n
+        timer = Timer(self._sync)
+        temperature = float(arr.rollout.temperature)
+        rmpad = self.remove_padding
+        with timer.phase("step"):
+            global_idx = self.batcher.next_batch()
+            mine = self._shard(global_idx)
+            prompts = [self.train_ids[i] for i in mine]
+            rows = [self.train_rows[i] for i in mine]
+            with timer.phase("gen"):
+                responses = self.rollout.generate(
+                    prompts, n, self._sampling(), derived_seed(self.seed, step, self.launch.rank)
+                )
+            batch = assemble_batch(
+                prompts, responses, n, self.rollout.pad_id, int(cfg.data.max_response_length), self.device
+            )
+            with timer.phase("reward"):
+                scores = torch.tensor(self._scores(rows, responses, n), dtype=torch.float32, device=self.device)
+                batch["token_level_scores"] = algos.scores_to_token_rewards(scores, batch["response_mask"])
+            lp_tokens = arr.rollout.log_prob_max_token_len_per_gpu if arr.rollout.log_prob_use_dynamic_bsz else None
+            with timer.phase("old_log_prob"):
+                old_lp, entropy = W.forward_in_micro_batches(
+                    lambda mb: W.log_probs_of(self.actor, mb, temperature, rmpad, with_entropy=True),
+                    batch,
+                    self.plan.log_prob_micro,
+                    lp_tokens,
+                )
+                batch["old_log_probs"] = old_lp
+            if self.ref is not None:
+                with timer.phase("ref"):
+                    ref_tokens = arr.ref.log_prob_max_token_len_per_gpu if arr.ref.log_prob_use_dynamic_bsz else None
+                    (batch["ref_log_prob"],) = W.forward_in_micro_batches(
+                        lambda mb: W.log_probs_of(self.ref, mb, temperature, rmpad)[0],
+                        batch,
+                        self.plan.ref_log_prob_micro,
+                        ref_tokens,
+                    )
+            if self.critic is not None:
+                with timer.phase("values"):
+                    v_tokens = cfg.critic.forward_max_token_len_per_gpu if cfg.critic.use_dynamic_bsz else None
+                    self.critic.eval()
+                    (batch["values"],) = W.forward_in_micro_batches(
+                        lambda mb: W.values_of(self.critic, mb, rmpad),
+                        batch,
+                        self.plan.values_micro,
+                        v_tokens,
+                    )
+            with timer.phase("adv"):
+                metrics = self._advantages(batch, global_idx, entropy)
+            if self.critic is not None:
+                with timer.phase("update_critic"):
+                    metrics.update(
+                        W.update_critic(
+                            self.critic,
+                            batch,
+                            self.plan.critic,
+                            cfg.critic,
+                            rmpad,
+                            bool(cfg.critic.deepspeed_config.zero2_step_each_micro),
+                        )
+                    )
+            if step > int(cfg.trainer.critic_warmup):
+                with timer.phase("update_actor"):
+                    metrics.update(
+                        W.update_actor(
+                            self.actor,
+                            batch,
+                            self.plan.actor,
+                            arr.actor,
+                            temperature,
+                            rmpad,
+                            bool(arr.actor.deepspeed.zero2_step_each_micro),
+                        )
+                    )
+            with timer.phase("update_weights"):
+                self.rollout.sync_weights()
+        tokens = dist.all_reduce_scalars([float(batch["attention_mask"].sum().item())], "sum")[0]
+        step_time = timer.times["step"]
+        metrics.update(timer.metrics())
+        metrics["perf/total_num_tokens"] = tokens
+        metrics["perf/time_per_step"] = step_time
+        metrics["perf/throughput"] = tokens / (step_time * self.launch.world_size)
+        update_time = timer.times.get("update_actor")
+        if update_time:
+            metrics["perf/update_actor_throughput"] = (
+                tokens * int(arr.actor.ppo_epochs) / (update_time * self.launch.world_size)
+            )
+        mem = memory_metrics(self.device.type)
+        maxed = dist.all_reduce_scalars(
+            [mem["perf/max_memory_allocated_gb"], mem["perf/max_memory_reserved_gb"]], "max"
+        )
+        mem["perf/max_memory_allocated_gb"], mem["perf/max_memory_reserved_gb"] = maxed
+        metrics.update(mem)
+        return metrics
+
+    def _advantages(self, batch: W.Batch, global_idx: list[int], entropy: torch.Tensor) -> dict[str, float]:
+        """Whole-batch advantage estimation (gathered on every rank), then each rank keeps its own rows."""
+        cfg, n = self.cfg, self.plan.n
+        mask = dist.all_gather_rows(batch["response_mask"])
+        scores = dist.all_gather_rows(batch["token_level_scores"])
+        metrics: dict[str, float] = {}
+        rewards = scores
+        if cfg.algorithm.use_kl_in_reward:
+            old = dist.all_gather_rows(batch["old_log_probs"])
+            ref = dist.all_gather_rows(batch["ref_log_prob"])
+            rewards, kl_metrics = algos.apply_kl_penalty(scores, old, ref, mask, self.kl_ctrl, cfg.algorithm.kl_penalty)
+            metrics.update(kl_metrics)
+        values = dist.all_gather_rows(batch["values"]) if "values" in batch else None
+        if cfg.algorithm.adv_estimator == "gae":
+            adv, ret = algos.compute_gae_advantage_return(
+                rewards, values, mask, float(cfg.algorithm.gamma), float(cfg.algorithm.lam)
+            )
+        else:
+            uid = [i for i in global_idx for _ in range(n)]
+            adv, ret = algos.compute_grpo_outcome_advantage(
+                rewards, mask, uid, norm_adv_by_std_in_grpo=bool(cfg.algorithm.norm_adv_by_std_in_grpo)
+            )
+        rows = batch["response_mask"].shape[0]
+        lo = self.launch.rank * rows
+        batch["advantages"], batch["returns"] = adv[lo : lo + rows], ret[lo : lo + rows]
+        prompt_lens = dist.all_gather_rows(batch["prompt_lens"])
+        max_p = int(cfg.data.max_prompt_length)
+        prompt_mask = (torch.arange(max_p)[None, :] < prompt_lens[:, None]).float().to(mask.device)
+        metrics.update(
+            algos.compute_data_metrics(
+                token_level_scores=scores,
+                token_level_rewards=rewards,
+                advantages=adv,
+                returns=ret,
+                response_mask=mask,
+                prompt_mask=prompt_mask,
+                max_response_length=int(cfg.data.max_response_length),
+                max_prompt_length=max_p,
+                values=values,
+            )
+        )
+        ent = algos.masked_mean(entropy, batch["response_mask"]).item()
+        metrics["actor/entropy"] = dist.all_reduce_scalars([ent], "mean")[0]
+        return metrics
+
+    def validate(self) -> dict[str, float]:
+        """Greedy (val_kwargs) generation over the validation prompts, sharded across ranks."""
+        world, rank = self.launch.world_size, self.launch.rank
+        idx = list(range(rank, len(self.val_ids), world))
+        vk = self.cfg.actor_rollout_ref.rollout.val_kwargs
+        responses = self.rollout.generate(
+            [self.val_ids[i] for i in idx],
+            int(vk.n),
+            self._sampling(val=True),
+            derived_seed(self.seed, -1, rank),
+        )
+        rows = [self.val_rows[i] for i in idx]
+        scores = self._scores(rows, responses, int(vk.n))
+        by_source: dict[str, list[float]] = {}
+        for row, s in zip([r for r in rows for _ in range(int(vk.n))], scores, strict=True):
+            by_source.setdefault(row["data_source"], []).append(s)
+        gathered = dist.all_gather_objects(by_source)
+        merged: dict[str, list[float]] = {}
+        for part in gathered:
+            for k, v in part.items():
+                merged.setdefault(k, []).extend(v)
+        return {f"val-core/{k}/reward/mean@1": float(np.mean(v)) for k, v in sorted(merged.items())}
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self._preempt = True
+
+    def fit(self) -> int:
+        cfg = self.cfg
+        start = self.maybe_resume()
+        writer = (
+            MetricsWriter(self.run_dir / "metrics.jsonl", truncate_after_step=start) if self.launch.is_main else None
+        )
+        self._write_run_json("running", start)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        progress = _progress(cfg.trainer.progress, self.launch.is_main, self.total_steps, start)
+        last = start
+        try:
+            if start == 0 and self.val_ids and cfg.trainer.val_before_train:
+                self._emit(writer, 0, self.validate())
+            for step in range(start + 1, self.total_steps + 1):
+                if cfg.trainer.fail_at_step is not None and step == int(cfg.trainer.fail_at_step):
+                    raise RuntimeError(f"trainer.fail_at_step={step}: injected failure")
+                metrics = self.train_step(step)
+                if (
+                    self.val_ids
+                    and cfg.trainer.test_freq > 0
+                    and (step % cfg.trainer.test_freq == 0 or step == self.total_steps)
+                ):
+                    metrics.update(self.validate())
+                self._emit(writer, step, metrics)
+                last = step
+                if progress:
+                    progress.update(1)
+                save_freq = int(cfg.trainer.save_freq)
+                preempt = bool(dist.all_reduce_scalars([float(self._preempt)], "max")[0])
+                if (save_freq > 0 and (step % save_freq == 0 or step == self.total_steps)) or (
+                    preempt and cfg.trainer.save_on_preempt
+                ):
+                    self.save(step)
+                if preempt:
+                    raise Preempted(
+                        f"SIGTERM received: stopped after step {step}"
+                        + (" (checkpoint saved)" if cfg.trainer.save_on_preempt else "")
+                    )
+        except BaseException as exc:
+            self._write_run_json(
+                "preempted" if isinstance(exc, Preempted) else "failed", last, f"{type(exc).__name__}: {exc}"
+            )
+            raise
+        finally:
+            if progress:
+                progress.close()
+            if writer:
+                writer.close()
+        self._write_run_json("completed", last)
+        return last
+
+    def _emit(self, writer: MetricsWriter | None, step: int, metrics: dict[str, float]) -> None:
+        if writer is None:
+            return
+        writer.write(step, metrics)
+        if "console" in list(self.cfg.trainer.logger):
+            print(console_line(step, metrics), flush=True)
+
+
+def _progress(mode: str, is_main: bool, total: int, start: int):
+    """A tqdm bar on a terminal only: batch logs stay line-oriented."""
+    if not is_main or mode == "off" or (mode == "auto" and not sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc="dsrl", unit="step", file=sys.stderr)
+
+
+def check_launch(cfg: DictConfig, launch: dist.Launch) -> None:
+    """trainer.nnodes * trainer.n_gpus_per_node must be the world torchrun started."""
+    want = int(cfg.trainer.nnodes) * int(cfg.trainer.n_gpus_per_node)
+    if want != launch.world_size:
+        raise ConfigError(
+            f"trainer.nnodes * trainer.n_gpus_per_node = {cfg.trainer.nnodes} * {cfg.trainer.n_gpus_per_node} = "
+            f"{want}, but {launch.world_size} processes were launched (WORLD_SIZE); make them agree"
+        )
+    if launch.device.type == "cuda" and launch.local_world_size > torch.cuda.device_count():
+        raise ConfigError(
+            f"{launch.local_world_size} processes per node but only {torch.cuda.device_count()} "
+            "visible GPUs (CUDA_VISIBLE_DEVICES)"
+        )

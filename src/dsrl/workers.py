@@ -1,0 +1,304 @@
+"""Actor, critic and reference computations on DeepSpeed engines: log-probs, values and PPO updates.
+
+A rollout batch is a dict of tensors on the rank's device:
+  input_ids / attention_mask / position_ids  [B, P+R]  prompt left-padded to P, response right-padded to R
+  responses / response_mask                  [B, R]
+and the per-token tensors the trainer adds (old_log_probs, ref_log_prob, values, advantages, returns).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+import torch
+
+from dsrl import algorithms as algos
+from dsrl import dist
+from dsrl.batching import UpdatePlan, fixed_micro_batches, min_token_bins, pack_by_tokens
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, torch.Tensor]
+
+
+# Row lengths kept on the host, so slicing decisions never wait for the device.
+HOST_KEYS = ("prompt_lens", "response_lens")
+
+
+def select(batch: Batch, idx: Sequence[int]) -> Batch:
+    index = torch.as_tensor(list(idx), dtype=torch.long)
+    out = {}
+    for k, v in batch.items():
+        out[k] = v.index_select(0, index if v.device.type == "cpu" else index.to(v.device, non_blocking=True))
+    return out
+
+
+def _layout(mb: Batch, resp_len: int) -> tuple[int, int, int, list[int], list[int]]:
+    """Host-side trimming: (first kept column, prompt columns kept, response columns kept, per-row lengths)."""
+    prompt_lens = mb["prompt_lens"].tolist()
+    resp_lens = mb["response_lens"].tolist()
+    prompt_cols = mb["input_ids"].shape[1] - resp_len
+    keep_prompt = max(max(prompt_lens), 1)  # the last prompt position predicts the first response token
+    keep_resp = max(max(resp_lens), 1)
+    return prompt_cols - keep_prompt, keep_prompt, keep_resp, prompt_lens, resp_lens
+
+
+def _response_rows(
+    model: torch.nn.Module, mb: Batch, resp_len: int, remove_padding: bool, lm: bool
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Run the model; return the output rows that predict each response token ([b, r, H]) and their labels.
+
+    Causal LMs get `logits_to_keep`, so the vocabulary projection runs only on response-predicting positions.
+    """
+    first, p_cols, keep, prompt_lens, resp_lens = _layout(mb, resp_len)
+    ids = mb["input_ids"][:, first : first + p_cols + keep]
+    labels = ids[:, p_cols:]
+    b, width = ids.shape
+    if remove_padding:
+        # packed order: row by row, each row's valid span [p_cols - p_i, p_cols + r_i)
+        starts = [i * width + p_cols - p for i, p in enumerate(prompt_lens)]
+        lens = [p + r for p, r in zip(prompt_lens, resp_lens, strict=True)]
+        gather = torch.cat([torch.arange(s, s + n) for s, n in zip(starts, lens, strict=True)])
+        pos = torch.cat([torch.arange(n) for n in lens])
+        offsets = torch.tensor([0, *lens[:-1]]).cumsum(0)
+        # packed index of the position predicting response token j of row i: offset_i + p_i - 1 + j (clamped to row)
+        want = (offsets + torch.tensor(prompt_lens) - 1)[:, None] + torch.arange(keep)[None, :]
+        last = (offsets + torch.tensor(lens) - 1)[:, None]
+        src = torch.minimum(want, last).flatten()
+        dev = ids.device
+        packed_ids = ids.flatten().index_select(0, gather.to(dev, non_blocking=True)).unsqueeze(0)
+        kwargs = {"position_ids": pos.to(dev, non_blocking=True).unsqueeze(0), "use_cache": False}
+        if lm:
+            out = model(input_ids=packed_ids, logits_to_keep=src.to(dev, non_blocking=True), **kwargs).logits[0]
+        else:
+            out = model(input_ids=packed_ids, **kwargs).logits[0].index_select(0, src.to(dev, non_blocking=True))
+        rows = out.view(b, keep, -1)
+    else:
+        mask = mb["attention_mask"][:, first : first + p_cols + keep]
+        pos = mb["position_ids"][:, first : first + p_cols + keep]
+        if lm:
+            out = model(
+                input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=keep + 1
+            ).logits
+            rows = out[:, :keep]
+        else:
+            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
+            rows = out[:, p_cols - 1 : p_cols - 1 + keep]
+    return rows, labels, keep
+
+
+def _pad_to(t: torch.Tensor, length: int) -> torch.Tensor:
+    if t.shape[1] == length:
+        return t
+    return torch.nn.functional.pad(t, (0, length - t.shape[1]))
+
+
+def log_probs_of(
+    model: torch.nn.Module,
+    mb: Batch,
+    temperature: float,
+    remove_padding: bool,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token log-probs of the sampled responses (and entropy), [b, R], zero past each response's end."""
+    resp_len = mb["responses"].shape[1]
+    logits, labels, _ = _response_rows(model, mb, resp_len, remove_padding, lm=True)
+    logits = logits.float()
+    if temperature and temperature != 1.0:
+        logits = logits / temperature
+    # fused log-softmax + gather (and a single softmax-minus-onehot kernel in backward)
+    flat = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
+    lp = -flat.view(labels.shape)
+    mask = mb["response_mask"]
+    lp = _pad_to(lp, resp_len) * mask
+    ent = None
+    if with_entropy:
+        ent = _pad_to(algos.entropy_from_logits(logits), resp_len) * mask
+    return lp, ent
+
+
+def values_of(model: torch.nn.Module, mb: Batch, remove_padding: bool) -> torch.Tensor:
+    """Critic values at the positions that predict each response token (verl's alignment), [b, R]."""
+    resp_len = mb["responses"].shape[1]
+    rows, _, _ = _response_rows(model, mb, resp_len, remove_padding, lm=False)
+    return _pad_to(rows.squeeze(-1).float(), resp_len) * mb["response_mask"]
+
+
+def _micro_batches(mb_len: Sequence[int], micro: int, max_tokens: int | None) -> list[list[int]]:
+    """Fixed-size micro batches, or token-budget packing with the bin count agreed across ranks."""
+    if max_tokens is None:
+        return fixed_micro_batches(len(mb_len), micro)
+    bins = int(dist.all_reduce_scalars([min_token_bins(mb_len, max_tokens)], "max")[0])
+    while True:
+        packed = pack_by_tokens(mb_len, max_tokens, bins)
+        agreed = int(dist.all_reduce_scalars([len(packed)], "max")[0])
+        if agreed == len(packed) and int(dist.all_reduce_scalars([len(packed)], "min")[0]) == agreed:
+            return packed
+        bins = agreed
+
+
+def seq_lengths(batch: Batch) -> list[int]:
+    return (batch["prompt_lens"] + batch["response_lens"]).tolist()
+
+
+@torch.no_grad()
+def forward_in_micro_batches(
+    fn: Callable[[Batch], torch.Tensor | tuple[torch.Tensor, ...]],
+    batch: Batch,
+    micro: int,
+    max_tokens: int | None,
+) -> list[torch.Tensor]:
+    """Run a no-grad forward over the batch in micro batches and reassemble outputs in the original order."""
+    groups = _micro_batches(seq_lengths(batch), micro, max_tokens)
+    outs: list[list[torch.Tensor]] = []
+    order: list[int] = []
+    for idx in groups:
+        res = fn(select(batch, idx))
+        res = res if isinstance(res, tuple) else (res,)
+        outs.append([r for r in res])
+        order.extend(idx)
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.as_tensor(order)] = torch.arange(len(order))
+    merged = []
+    for j in range(len(outs[0])):
+        if outs[0][j] is None:
+            merged.append(None)
+            continue
+        cat = torch.cat([o[j] for o in outs])
+        merged.append(cat.index_select(0, inverse.to(cat.device)))
+    return merged
+
+
+def _step(engine, is_last: bool, step_each_micro: bool) -> None:
+    if step_each_micro or is_last:
+        engine.step()
+
+
+def _mean_metrics(rows: list[dict[str, torch.Tensor | float]], device: torch.device) -> dict[str, float]:
+    """Average per-micro-batch metrics on the device and read them back in one transfer (one host sync)."""
+    acc: dict[str, list[torch.Tensor]] = defaultdict(list)
+    for row in rows:
+        for k, v in row.items():
+            acc[k].append(torch.as_tensor(v, dtype=torch.float32, device=device).detach().reshape(()))
+    keys = sorted(acc)
+    if not keys:
+        return {}
+    means = torch.stack([torch.stack(acc[k]).mean() for k in keys]).tolist()
+    return dict(zip(keys, dist.all_reduce_scalars(means, "mean"), strict=True))
+
+
+def _minis(num: int, plan: UpdatePlan) -> list[list[int]]:
+    return [list(range(s, s + plan.mini_per_rank)) for s in range(0, num, plan.mini_per_rank)]
+
+
+def update_actor(
+    engine,
+    batch: Batch,
+    plan: UpdatePlan,
+    actor_cfg,
+    temperature: float,
+    remove_padding: bool,
+    step_each_micro: bool,
+) -> dict[str, float]:
+    """PPO clipped-objective epochs over mini batches; one optimizer step per mini batch."""
+    engine.train()
+    rows: list[dict[str, float]] = []
+    entropy_coeff = float(actor_cfg.entropy_coeff)
+    use_kl_loss = bool(actor_cfg.use_kl_loss)
+    for _ in range(int(actor_cfg.ppo_epochs)):
+        for mini_idx in _minis(batch["input_ids"].shape[0], plan):
+            mini = select(batch, mini_idx)
+            lengths = seq_lengths(mini)
+            micros = _micro_batches(lengths, plan.micro, plan.max_tokens if plan.dynamic else None)
+            for i, idx in enumerate(micros):
+                is_last = i == len(micros) - 1
+                mb = select(mini, idx)
+                engine.set_gradient_accumulation_boundary(is_last)
+                log_prob, entropy = log_probs_of(
+                    engine, mb, temperature, remove_padding, with_entropy=entropy_coeff != 0
+                )
+                mask = mb["response_mask"]
+                pg_loss, clipfrac, ppo_kl, clipfrac_lower = algos.compute_policy_loss(
+                    old_log_prob=mb["old_log_probs"],
+                    log_prob=log_prob,
+                    advantages=mb["advantages"],
+                    response_mask=mask,
+                    clip_ratio=float(actor_cfg.clip_ratio),
+                    clip_ratio_low=actor_cfg.clip_ratio_low,
+                    clip_ratio_high=actor_cfg.clip_ratio_high,
+                    clip_ratio_c=float(actor_cfg.clip_ratio_c),
+                    loss_agg_mode=actor_cfg.loss_agg_mode,
+                )
+                loss = pg_loss
+                row = {
+                    "actor/pg_loss": pg_loss,
+                    "actor/pg_clipfrac": clipfrac,
+                    "actor/ppo_kl": ppo_kl,
+                    "actor/pg_clipfrac_lower": clipfrac_lower,
+                }
+                if entropy is not None:
+                    ent = algos.agg_loss(entropy, mask, actor_cfg.loss_agg_mode)
+                    loss = loss - entropy_coeff * ent
+                    row["actor/entropy_loss"] = ent
+                if use_kl_loss:
+                    kld = algos.kl_penalty(log_prob, mb["ref_log_prob"], actor_cfg.kl_loss_type)
+                    kl_loss = algos.agg_loss(kld, mask, actor_cfg.loss_agg_mode)
+                    loss = loss + float(actor_cfg.kl_loss_coef) * kl_loss
+                    row["actor/kl_loss"] = kl_loss
+                    row["actor/kl_coef"] = float(actor_cfg.kl_loss_coef)
+                engine.backward(loss * (len(idx) / plan.mini_per_rank), scale_wrt_gas=False)
+                _step(engine, is_last, step_each_micro)
+                rows.append(row)
+            norm = engine.get_global_grad_norm()
+            if norm is not None:
+                rows.append({"actor/grad_norm": norm})
+    metrics = _mean_metrics(rows, batch["input_ids"].device)
+    metrics["actor/lr"] = float(engine.get_lr()[0])
+    return metrics
+
+
+def update_critic(
+    engine,
+    batch: Batch,
+    plan: UpdatePlan,
+    critic_cfg,
+    remove_padding: bool,
+    step_each_micro: bool,
+) -> dict[str, float]:
+    """Clipped value regression epochs over mini batches."""
+    engine.train()
+    rows: list[dict[str, float]] = []
+    for _ in range(int(critic_cfg.ppo_epochs)):
+        for mini_idx in _minis(batch["input_ids"].shape[0], plan):
+            mini = select(batch, mini_idx)
+            micros = _micro_batches(seq_lengths(mini), plan.micro, plan.max_tokens if plan.dynamic else None)
+            for i, idx in enumerate(micros):
+                is_last = i == len(micros) - 1
+                mb = select(mini, idx)
+                engine.set_gradient_accumulation_boundary(is_last)
+                vpreds = values_of(engine, mb, remove_padding)
+                vf_loss, vf_clipfrac = algos.compute_value_loss(
+                    vpreds=vpreds,
+                    returns=mb["returns"],
+                    values=mb["values"],
+                    response_mask=mb["response_mask"],
+                    cliprange_value=float(critic_cfg.cliprange_value),
+                    loss_agg_mode=critic_cfg.loss_agg_mode,
+                )
+                engine.backward(vf_loss * (len(idx) / plan.mini_per_rank), scale_wrt_gas=False)
+                _step(engine, is_last, step_each_micro)
+                rows.append(
+                    {
+                        "critic/vf_loss": vf_loss,
+                        "critic/vf_clipfrac": vf_clipfrac,
+                        "critic/vpred_mean": algos.masked_mean(vpreds, mb["response_mask"]),
+                    }
+                )
+            norm = engine.get_global_grad_norm()
+            if norm is not None:
+                rows.append({"critic/grad_norm": norm})
+    metrics = _mean_metrics(rows, batch["input_ids"].device)
+    metrics["critic/lr"] = float(engine.get_lr()[0])
+    return metrics

@@ -1,0 +1,179 @@
+"""The trainer end to end on CPU: 2 ranks under torchrun, gloo, DeepSpeed ZeRO 1/2/3 with and without offload."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+
+pytest.importorskip("deepspeed")
+
+from trainer_runs import TOY_REWARD, run_dsrl  # noqa: E402
+
+pytestmark = [pytest.mark.train, pytest.mark.slow]
+
+CASES = [(stage, offload) for offload in ("none", "cpu") for stage in (1, 2, 3)]
+ALGOS = {
+    # PPO: critic, GAE, KL in the reward through a reference model (adaptive controller)
+    "ppo": [
+        "algorithm.adv_estimator=gae",
+        "algorithm.use_kl_in_reward=True",
+        "algorithm.kl_ctrl.type=adaptive",
+    ],
+    # GRPO: actor only, KL as a loss through a reference model
+    "grpo": [
+        "algorithm.adv_estimator=grpo",
+        "actor_rollout_ref.rollout.n=4",
+        "actor_rollout_ref.actor.use_kl_loss=True",
+    ],
+}
+COMMON = [
+    "trainer.total_training_steps=2",
+    "actor_rollout_ref.model.use_remove_padding=True",
+    "actor_rollout_ref.model.enable_gradient_checkpointing=True",
+    "actor_rollout_ref.actor.optim.lr=1e-3",
+]
+
+
+def _case_args(stage: int, offload: str) -> list[str]:
+    return [
+        f"actor_rollout_ref.actor.deepspeed.zero_stage={stage}",
+        f"critic.deepspeed_config.zero_stage={stage}",
+        f"actor_rollout_ref.actor.deepspeed.offload={offload}",
+        f"critic.deepspeed_config.offload={offload}",
+    ]
+
+
+@pytest.fixture(scope="module")
+def six_case_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("six")
+    runs = {}
+    for algo, algo_args in ALGOS.items():
+        for stage, offload in CASES:
+            env = {"VERL_ENABLE_PARAM_OFFLOAD": "1"} if (stage, offload) == (3, "cpu") else {}
+            runs[algo, stage, offload] = run_dsrl(
+                root / f"{algo}-z{stage}-{offload}", *COMMON, *algo_args, *_case_args(stage, offload), env=env
+            )
+    return runs
+
+
+@pytest.mark.parametrize("algo", sorted(ALGOS))
+@pytest.mark.parametrize(("stage", "offload"), CASES)
+def test_six_cases_train_and_record(six_case_runs, algo, stage, offload):
+    run = six_case_runs[algo, stage, offload]
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert [m["step"] for m in run.metrics] == [1, 2]
+    info = run.info
+    assert info["status"] == "completed" and info["last_step"] == 2
+    assert info["remove_padding_effective"] is True
+    actor = info["deepspeed"]["actor"]
+    assert actor["ds_config"]["zero_optimization"]["stage"] == stage
+    assert actor["ds_config"]["bf16"] == {"enabled": True}
+    expected_opt = "cpu" if offload == "cpu" and stage >= 2 else "none"
+    expected_param = "cpu" if offload == "cpu" and stage == 3 else "none"
+    assert actor["offload_effective"] == {"optimizer": expected_opt, "param": expected_param}
+    if (stage, offload) == (1, "cpu"):
+        assert "no effective offload" in run.stderr
+    step = run.step(2)
+    for key in (
+        "critic/score/mean",
+        "actor/pg_loss",
+        "actor/entropy",
+        "actor/grad_norm",
+        "perf/throughput",
+        "timing_s/gen",
+        "timing_s/update_actor",
+        "perf/max_memory_allocated_gb",
+    ):
+        assert key in step and math.isfinite(step[key]), key
+    if algo == "ppo":
+        assert {"critic/vf_loss", "critic/values/mean", "actor/reward_kl_penalty_coeff"} <= set(step)
+    else:
+        assert "critic/vf_loss" not in step and "actor/kl_loss" in step
+    console = [line for line in run.stdout.splitlines() if line.startswith("step:")]
+    assert len(console) == 2 and re.match(r"step:2 - .*critic/score/mean:", console[1])
+
+
+@pytest.mark.parametrize("algo", sorted(ALGOS))
+def test_zero1_and_zero2_give_the_same_first_step(six_case_runs, algo):
+    z1, z2 = six_case_runs[algo, 1, "none"].step(1), six_case_runs[algo, 2, "none"].step(1)
+    keys = ["actor/pg_loss", "actor/ppo_kl", "actor/entropy", "actor/grad_norm", "response_length/mean"]
+    keys += ["critic/vf_loss"] if algo == "ppo" else ["actor/kl_loss"]
+    for key in keys:
+        assert z1[key] == pytest.approx(z2[key], rel=1e-3, abs=1e-6), key
+
+
+@pytest.mark.parametrize(
+    ("algo", "args", "steps"),
+    [
+        (
+            "grpo",
+            [
+                "algorithm.adv_estimator=grpo",
+                "actor_rollout_ref.rollout.n=4",
+                "actor_rollout_ref.actor.ppo_mini_batch_size=8",
+                "actor_rollout_ref.actor.optim.lr=3e-3",
+            ],
+            30,
+        ),
+        (
+            "ppo",
+            [
+                "algorithm.adv_estimator=gae",
+                "data.train_batch_size=16",
+                "actor_rollout_ref.actor.ppo_mini_batch_size=16",
+                "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8",
+                "critic.ppo_micro_batch_size_per_gpu=8",
+                "actor_rollout_ref.actor.optim.lr=5e-3",
+                "critic.optim.lr=1e-2",
+            ],
+            30,
+        ),
+    ],
+)
+def test_toy_reward_is_learned(tmp_path, algo, args, steps):
+    run = run_dsrl(
+        tmp_path / algo,
+        f"custom_reward_function.path={TOY_REWARD}",
+        f"trainer.total_training_steps={steps}",
+        *args,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    scores = [m["critic/score/mean"] for m in run.metrics]
+    first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
+    assert last > 3 * first and last - first > 0.02, scores
+
+
+def test_resume_after_a_failure_reproduces_the_uninterrupted_run(tmp_path):
+    args = [
+        "algorithm.adv_estimator=gae",
+        "trainer.total_training_steps=4",
+        "trainer.save_freq=2",
+        "actor_rollout_ref.actor.optim.lr=1e-3",
+        "algorithm.use_kl_in_reward=True",
+        "algorithm.kl_ctrl.type=adaptive",
+    ]
+    whole = run_dsrl(tmp_path / "whole", *args)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    broken = run_dsrl(tmp_path / "broken", *args, "trainer.fail_at_step=3")
+    assert broken.returncode != 0
+    assert broken.info["status"] == "failed" and "injected failure" in broken.info["error"]
+    assert [m["step"] for m in broken.metrics] == [1, 2]
+    resumed = run_dsrl(tmp_path / "broken", *args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+    assert [m["step"] for m in resumed.metrics] == [1, 2, 3, 4]
+    for step in (3, 4):
+        a, b = whole.step(step), resumed.step(step)
+        for key in a:
+            if key.startswith(("timing_s/", "perf/")):
+                continue
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (step, key)
+
+
+def test_launch_shape_mismatch_fails_before_any_process_starts(tmp_path):
+    run = run_dsrl(tmp_path / "bad", "trainer.n_gpus_per_node=4")
+    assert run.returncode == 2
+    assert "trainer.n_gpus_per_node=4 but --nproc-per-node 2" in run.stderr
+    assert not (tmp_path / "bad").exists()

@@ -1,0 +1,7 @@
+"""Rule compare: summary.tsv -> compare.tsv (candidate minus baseline per algo and seed)."""
+
+from dsrl.analysis import tasks
+
+smk = snakemake  # noqa: F821 (injected by the script directive)
+tasks.log_to(smk.log[0])
+tasks.write_compare(smk.input[0], smk.params.baseline, smk.params.candidate, smk.output[0])
