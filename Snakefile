@@ -14,6 +14,22 @@ configfile: "config/config.yaml"
 report: "report/workflow.rst"
 
 
+# Everything but training and data preparation is seconds of pandas/matplotlib: run it on the submit host
+# rather than as cluster jobs.
+localrules:
+    all,
+    parse_run,
+    import_run,
+    summary,
+    compare,
+    suite_overall,
+    overall,
+    plot_curves,
+    plot_resources,
+    plot_timings,
+    plot_deltas,
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"

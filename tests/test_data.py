@@ -23,7 +23,7 @@ from dsrl.data import (
     to_verl_rows,
 )
 
-REAL_GSM8K = Path("/work/shared/data/gsm8k")
+REAL_GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 
 

@@ -39,7 +39,7 @@ def _workflow_rules() -> set[str]:
 
 def test_profile_name_resolves_to_the_repository_profile(monkeypatch):
     monkeypatch.chdir(REPO)
-    directory, config_file = snakemake_cli.get_profile_dir("slurm")
+    _, config_file = snakemake_cli.get_profile_dir("slurm")
     assert (REPO / config_file).resolve() == GPU_PROFILE
 
 

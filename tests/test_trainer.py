@@ -15,11 +15,13 @@ pytestmark = [pytest.mark.train, pytest.mark.slow]
 
 CASES = [(stage, offload) for offload in ("none", "cpu") for stage in (1, 2, 3)]
 ALGOS = {
-    # PPO: critic, GAE, KL in the reward through a reference model (adaptive controller)
+    # PPO: critic, GAE, KL in the reward through a reference model (adaptive controller), token-budget micro batches
     "ppo": [
         "algorithm.adv_estimator=gae",
         "algorithm.use_kl_in_reward=True",
         "algorithm.kl_ctrl.type=adaptive",
+        "actor_rollout_ref.actor.use_dynamic_bsz=True",
+        "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=200",
     ],
     # GRPO: actor only, KL as a loss through a reference model
     "grpo": [
@@ -62,7 +64,7 @@ def six_case_runs(tmp_path_factory):
 @pytest.mark.parametrize(("stage", "offload"), CASES)
 def test_six_cases_train_and_record(six_case_runs, algo, stage, offload):
     run = six_case_runs[algo, stage, offload]
-    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     assert [m["step"] for m in run.metrics] == [1, 2]
     info = run.info
     assert info["status"] == "completed" and info["last_step"] == 2
@@ -150,6 +152,7 @@ def test_resume_after_a_failure_reproduces_the_uninterrupted_run(tmp_path):
         "algorithm.adv_estimator=gae",
         "trainer.total_training_steps=4",
         "trainer.save_freq=2",
+        "trainer.test_freq=2",
         "actor_rollout_ref.actor.optim.lr=1e-3",
         "algorithm.use_kl_in_reward=True",
         "algorithm.kl_ctrl.type=adaptive",
@@ -164,6 +167,7 @@ def test_resume_after_a_failure_reproduces_the_uninterrupted_run(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stderr
     assert [m["step"] for m in resumed.metrics] == [1, 2, 3, 4]
+    assert "val-core/dsrl/synthetic_gsm8k/reward/mean@1" in resumed.step(4)
     for step in (3, 4):
         a, b = whole.step(step), resumed.step(step)
         for key in a:

@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     dist.init(launch, float(cfg.trainer.dist_timeout))
     try:
         Trainer(cfg, launch).fit()
+        dist.barrier()  # no rank tears the process group down while a peer is still in a collective
     except ConfigError as exc:
         print(f"dsrl: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

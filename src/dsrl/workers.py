@@ -8,7 +8,6 @@ and the per-token tensors the trainer adds (old_log_probs, ref_log_prob, values,
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
@@ -17,8 +16,6 @@ import torch
 from dsrl import algorithms as algos
 from dsrl import dist
 from dsrl.batching import UpdatePlan, fixed_micro_batches, min_token_bins, pack_by_tokens
-
-log = logging.getLogger(__name__)
 
 Batch = dict[str, torch.Tensor]
 
@@ -171,11 +168,6 @@ def forward_in_micro_batches(
     return merged
 
 
-def _step(engine, is_last: bool, step_each_micro: bool) -> None:
-    if step_each_micro or is_last:
-        engine.step()
-
-
 def _mean_metrics(rows: list[dict[str, torch.Tensor | float]], device: torch.device) -> dict[str, float]:
     """Average per-micro-batch metrics on the device and read them back in one transfer (one host sync)."""
     acc: dict[str, list[torch.Tensor]] = defaultdict(list)
@@ -193,6 +185,41 @@ def _minis(num: int, plan: UpdatePlan) -> list[list[int]]:
     return [list(range(s, s + plan.mini_per_rank)) for s in range(0, num, plan.mini_per_rank)]
 
 
+LossFn = Callable[[Batch], tuple[torch.Tensor, dict[str, torch.Tensor | float]]]
+
+
+def _optimize(
+    engine, batch: Batch, plan: UpdatePlan, epochs: int, step_each_micro: bool, loss_fn: LossFn, prefix: str
+) -> dict[str, float]:
+    """Epochs over mini batches, one optimizer step per mini batch, whatever the number of micro batches.
+
+    The gradient-accumulation boundary is set explicitly (token-budget packing varies the micro-batch count) and
+    each micro loss is weighted by its share of the mini batch, so the step sees the mini-batch mean.
+    `step_each_micro` calls `engine.step()` after every micro batch (DeepSpeed's usual pattern) rather than only at
+    the boundary (the verl knob VERL_DS_ZERO2_STEP_EACH_MICRO).
+    """
+    engine.train()
+    rows: list[dict[str, torch.Tensor | float]] = []
+    for _ in range(epochs):
+        for mini_idx in _minis(batch["input_ids"].shape[0], plan):
+            mini = select(batch, mini_idx)
+            micros = _micro_batches(seq_lengths(mini), plan.micro, plan.max_tokens if plan.dynamic else None)
+            for i, idx in enumerate(micros):
+                is_last = i == len(micros) - 1
+                engine.set_gradient_accumulation_boundary(is_last)
+                loss, row = loss_fn(select(mini, idx))
+                engine.backward(loss * (len(idx) / plan.mini_per_rank), scale_wrt_gas=False)
+                if step_each_micro or is_last:
+                    engine.step()
+                rows.append(row)
+            norm = engine.get_global_grad_norm()
+            if norm is not None:
+                rows.append({f"{prefix}/grad_norm": norm})
+    metrics = _mean_metrics(rows, batch["input_ids"].device)
+    metrics[f"{prefix}/lr"] = float(engine.get_lr()[0])
+    return metrics
+
+
 def update_actor(
     engine,
     batch: Batch,
@@ -202,61 +229,44 @@ def update_actor(
     remove_padding: bool,
     step_each_micro: bool,
 ) -> dict[str, float]:
-    """PPO clipped-objective epochs over mini batches; one optimizer step per mini batch."""
-    engine.train()
-    rows: list[dict[str, float]] = []
+    """PPO clipped objective (+ entropy bonus, + KL loss against the reference policy)."""
     entropy_coeff = float(actor_cfg.entropy_coeff)
-    use_kl_loss = bool(actor_cfg.use_kl_loss)
-    for _ in range(int(actor_cfg.ppo_epochs)):
-        for mini_idx in _minis(batch["input_ids"].shape[0], plan):
-            mini = select(batch, mini_idx)
-            lengths = seq_lengths(mini)
-            micros = _micro_batches(lengths, plan.micro, plan.max_tokens if plan.dynamic else None)
-            for i, idx in enumerate(micros):
-                is_last = i == len(micros) - 1
-                mb = select(mini, idx)
-                engine.set_gradient_accumulation_boundary(is_last)
-                log_prob, entropy = log_probs_of(
-                    engine, mb, temperature, remove_padding, with_entropy=entropy_coeff != 0
-                )
-                mask = mb["response_mask"]
-                pg_loss, clipfrac, ppo_kl, clipfrac_lower = algos.compute_policy_loss(
-                    old_log_prob=mb["old_log_probs"],
-                    log_prob=log_prob,
-                    advantages=mb["advantages"],
-                    response_mask=mask,
-                    clip_ratio=float(actor_cfg.clip_ratio),
-                    clip_ratio_low=actor_cfg.clip_ratio_low,
-                    clip_ratio_high=actor_cfg.clip_ratio_high,
-                    clip_ratio_c=float(actor_cfg.clip_ratio_c),
-                    loss_agg_mode=actor_cfg.loss_agg_mode,
-                )
-                loss = pg_loss
-                row = {
-                    "actor/pg_loss": pg_loss,
-                    "actor/pg_clipfrac": clipfrac,
-                    "actor/ppo_kl": ppo_kl,
-                    "actor/pg_clipfrac_lower": clipfrac_lower,
-                }
-                if entropy is not None:
-                    ent = algos.agg_loss(entropy, mask, actor_cfg.loss_agg_mode)
-                    loss = loss - entropy_coeff * ent
-                    row["actor/entropy_loss"] = ent
-                if use_kl_loss:
-                    kld = algos.kl_penalty(log_prob, mb["ref_log_prob"], actor_cfg.kl_loss_type)
-                    kl_loss = algos.agg_loss(kld, mask, actor_cfg.loss_agg_mode)
-                    loss = loss + float(actor_cfg.kl_loss_coef) * kl_loss
-                    row["actor/kl_loss"] = kl_loss
-                    row["actor/kl_coef"] = float(actor_cfg.kl_loss_coef)
-                engine.backward(loss * (len(idx) / plan.mini_per_rank), scale_wrt_gas=False)
-                _step(engine, is_last, step_each_micro)
-                rows.append(row)
-            norm = engine.get_global_grad_norm()
-            if norm is not None:
-                rows.append({"actor/grad_norm": norm})
-    metrics = _mean_metrics(rows, batch["input_ids"].device)
-    metrics["actor/lr"] = float(engine.get_lr()[0])
-    return metrics
+    kl_coef = float(actor_cfg.kl_loss_coef) if actor_cfg.use_kl_loss else None
+    mode = actor_cfg.loss_agg_mode
+
+    def loss_fn(mb: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        log_prob, entropy = log_probs_of(engine, mb, temperature, remove_padding, with_entropy=entropy_coeff != 0)
+        mask = mb["response_mask"]
+        pg_loss, clipfrac, ppo_kl, clipfrac_lower = algos.compute_policy_loss(
+            old_log_prob=mb["old_log_probs"],
+            log_prob=log_prob,
+            advantages=mb["advantages"],
+            response_mask=mask,
+            clip_ratio=float(actor_cfg.clip_ratio),
+            clip_ratio_low=actor_cfg.clip_ratio_low,
+            clip_ratio_high=actor_cfg.clip_ratio_high,
+            clip_ratio_c=float(actor_cfg.clip_ratio_c),
+            loss_agg_mode=mode,
+        )
+        loss = pg_loss
+        row: dict[str, torch.Tensor | float] = {
+            "actor/pg_loss": pg_loss,
+            "actor/pg_clipfrac": clipfrac,
+            "actor/ppo_kl": ppo_kl,
+            "actor/pg_clipfrac_lower": clipfrac_lower,
+        }
+        if entropy is not None:
+            ent = algos.agg_loss(entropy, mask, mode)
+            loss = loss - entropy_coeff * ent
+            row["actor/entropy_loss"] = ent
+        if kl_coef is not None:
+            kl_loss = algos.agg_loss(algos.kl_penalty(log_prob, mb["ref_log_prob"], actor_cfg.kl_loss_type), mask, mode)
+            loss = loss + kl_coef * kl_loss
+            row["actor/kl_loss"] = kl_loss
+            row["actor/kl_coef"] = kl_coef
+        return loss, row
+
+    return _optimize(engine, batch, plan, int(actor_cfg.ppo_epochs), step_each_micro, loss_fn, "actor")
 
 
 def update_critic(
@@ -267,38 +277,23 @@ def update_critic(
     remove_padding: bool,
     step_each_micro: bool,
 ) -> dict[str, float]:
-    """Clipped value regression epochs over mini batches."""
-    engine.train()
-    rows: list[dict[str, float]] = []
-    for _ in range(int(critic_cfg.ppo_epochs)):
-        for mini_idx in _minis(batch["input_ids"].shape[0], plan):
-            mini = select(batch, mini_idx)
-            micros = _micro_batches(seq_lengths(mini), plan.micro, plan.max_tokens if plan.dynamic else None)
-            for i, idx in enumerate(micros):
-                is_last = i == len(micros) - 1
-                mb = select(mini, idx)
-                engine.set_gradient_accumulation_boundary(is_last)
-                vpreds = values_of(engine, mb, remove_padding)
-                vf_loss, vf_clipfrac = algos.compute_value_loss(
-                    vpreds=vpreds,
-                    returns=mb["returns"],
-                    values=mb["values"],
-                    response_mask=mb["response_mask"],
-                    cliprange_value=float(critic_cfg.cliprange_value),
-                    loss_agg_mode=critic_cfg.loss_agg_mode,
-                )
-                engine.backward(vf_loss * (len(idx) / plan.mini_per_rank), scale_wrt_gas=False)
-                _step(engine, is_last, step_each_micro)
-                rows.append(
-                    {
-                        "critic/vf_loss": vf_loss,
-                        "critic/vf_clipfrac": vf_clipfrac,
-                        "critic/vpred_mean": algos.masked_mean(vpreds, mb["response_mask"]),
-                    }
-                )
-            norm = engine.get_global_grad_norm()
-            if norm is not None:
-                rows.append({"critic/grad_norm": norm})
-    metrics = _mean_metrics(rows, batch["input_ids"].device)
-    metrics["critic/lr"] = float(engine.get_lr()[0])
-    return metrics
+    """Clipped value regression towards the GAE returns."""
+
+    def loss_fn(mb: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        vpreds = values_of(engine, mb, remove_padding)
+        vf_loss, vf_clipfrac = algos.compute_value_loss(
+            vpreds=vpreds,
+            returns=mb["returns"],
+            values=mb["values"],
+            response_mask=mb["response_mask"],
+            cliprange_value=float(critic_cfg.cliprange_value),
+            loss_agg_mode=critic_cfg.loss_agg_mode,
+        )
+        row = {
+            "critic/vf_loss": vf_loss,
+            "critic/vf_clipfrac": vf_clipfrac,
+            "critic/vpred_mean": algos.masked_mean(vpreds, mb["response_mask"]),
+        }
+        return vf_loss, row
+
+    return _optimize(engine, batch, plan, int(critic_cfg.ppo_epochs), step_each_micro, loss_fn, "critic")
