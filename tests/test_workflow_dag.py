@@ -25,7 +25,8 @@ if not SNAKEMAKE.exists():
 
 FAKE_TRAINER = """\
 #!{python}
-# Fake `dsrl train`: writes the contract's outputs; fails for "<case> <seed>" lines in ./fail_runs.
+# Fake `dsrl train`: writes the contract's outputs; fails for "<case> <seed>" lines in ./fail_runs and stalls
+# after step 1 for those in ./slow_runs.
 import json, pathlib, sys
 args = dict(a.split("=", 1) for a in sys.argv[4:])
 run_dir = pathlib.Path(args["trainer.run_dir"])
@@ -39,8 +40,12 @@ if fail.exists() and f"{{case}} {{seed}}" in fail.read_text().splitlines():
     print("RuntimeError: injected failure", flush=True)
     (run_dir / "run.json").write_text(json.dumps({{"status": "failed", "last_step": 0, "error": "injected"}}))
     sys.exit(1)
+slow = pathlib.Path("slow_runs")
 with open(run_dir / "metrics.jsonl", "w") as out:
     for step in range(1, steps + 1):
+        if step == 2 and slow.exists() and f"{{case}} {{seed}}" in slow.read_text().splitlines():
+            out.flush()
+            import time; time.sleep(120)  # a long run, for tests that kill the driver mid-job
         row = {{"step": step, "critic/score/mean": seed % 7 / 10, "perf/throughput": 100.0 * step,
                "perf/max_memory_reserved_gb": 1.0, "timing_s/gen": 0.5, "timing_s/update_actor": 0.25}}
         out.write(json.dumps(row) + "\\n")
@@ -53,8 +58,7 @@ def default_config():
     return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
 
-@pytest.fixture
-def workdir(tmp_path):
+def make_workdir(tmp_path):
     """A working directory with config/ (schema included) and a fake trainer at bin/dsrl."""
     shutil.copytree(REPO / "config", tmp_path / "config")
     trainer = tmp_path / "bin" / "dsrl"
@@ -62,6 +66,11 @@ def workdir(tmp_path):
     trainer.write_text(FAKE_TRAINER.format(python=sys.executable))
     trainer.chmod(0o755)
     return tmp_path
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    return make_workdir(tmp_path)
 
 
 def write_config(workdir, config):
@@ -77,9 +86,9 @@ def snakemake(workdir, *args, check=True):
     return proc
 
 
-def job_counts(workdir, *targets):
+def job_counts(workdir, *targets, options=()):
     """Rule -> job count from a dry run's first 'Job stats' table."""
-    out = snakemake(workdir, "--dry-run", "--quiet", "rules", "--", *targets).stdout
+    out = snakemake(workdir, "--dry-run", *options, "--quiet", "rules", "--", *targets).stdout
     table = out.split("Job stats:", 1)[1] if "Job stats:" in out else out
     counts = {}
     for name, count in re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.M):

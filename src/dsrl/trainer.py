@@ -39,7 +39,7 @@ from dsrl.rollout.hf import HFRollout
 log = logging.getLogger("dsrl")
 
 
-class Preempted(RuntimeError):
+class Preempted(Exception):
     """SIGTERM arrived (SLURM preemption or time limit); the run stops after the current step."""
 
 
@@ -552,8 +552,7 @@ class Trainer:
             if start == 0 and self.val_ids and cfg.trainer.val_before_train:
                 self._emit(writer, 0, self.validate())
             for step in range(start + 1, self.total_steps + 1):
-                if cfg.trainer.fail_at_step is not None and step == int(cfg.trainer.fail_at_step):
-                    raise RuntimeError(f"trainer.fail_at_step={step}: injected failure")
+                self._inject_faults(step)
                 metrics = self.train_step(step)
                 if (
                     self.val_ids
@@ -576,6 +575,16 @@ class Trainer:
                         f"SIGTERM received: stopped after step {step}"
                         + (" (checkpoint saved)" if cfg.trainer.save_on_preempt else "")
                     )
+        except RuntimeError as exc:
+            if not _is_timeout(exc):
+                self._write_run_json("failed", last, f"{type(exc).__name__}: {exc}")
+                raise
+            msg = (
+                f"a collective waited longer than trainer.dist_timeout={cfg.trainer.dist_timeout}s after step {last}: "
+                f"another rank is stuck or died ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+            )
+            self._write_run_json("failed", last, msg)
+            raise RuntimeError(msg) from exc
         except BaseException as exc:
             self._write_run_json(
                 "preempted" if isinstance(exc, Preempted) else "failed", last, f"{type(exc).__name__}: {exc}"
@@ -589,12 +598,27 @@ class Trainer:
         self._write_run_json("completed", last)
         return last
 
+    def _inject_faults(self, step: int) -> None:
+        """Fault injection for reliability tests: fail every rank, or stall one rank inside the step."""
+        t = self.cfg.trainer
+        if t.fail_at_step is not None and step == int(t.fail_at_step):
+            raise RuntimeError(f"trainer.fail_at_step={step}: injected failure")
+        if t.hang_at_step is not None and step == int(t.hang_at_step) and self.launch.rank == int(t.hang_rank):
+            log.warning("trainer.hang_at_step=%d: rank %d stalls (injected)", step, self.launch.rank)
+            while True:
+                time.sleep(3600)
+
     def _emit(self, writer: MetricsWriter | None, step: int, metrics: dict[str, float]) -> None:
         if writer is None:
             return
         writer.write(step, metrics)
         if "console" in list(self.cfg.trainer.logger):
             print(console_line(step, metrics), flush=True)
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "timed out" in text or "timeout" in text
 
 
 def _progress(mode: str, is_main: bool, total: int, start: int):

@@ -294,6 +294,7 @@ NULLABLE: dict[str, type] = {
     "trainer.max_actor_ckpt_to_keep": int,
     "trainer.max_critic_ckpt_to_keep": int,
     "trainer.fail_at_step": int,
+    "trainer.hang_at_step": int,
 }
 
 
