@@ -150,7 +150,7 @@ def test_gpu_overlay_sets_gpu_run_settings(workdir):
     command = next(line for line in out.splitlines() if "bin/dsrl train" in line)
     for expected in (
         "actor_rollout_ref.model.path=random:qwen3-0.6b",
-        "actor_rollout_ref.rollout.name=vllm",
+        "actor_rollout_ref.model.enable_gradient_checkpointing=True",
         "data.train_batch_size=64",
         "actor_rollout_ref.rollout.n=4",
         "trainer.total_training_steps=60",
