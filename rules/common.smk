@@ -6,11 +6,24 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from dsrl.workflow_support import Plan
+from dsrl.cli import visible_gpus
+from dsrl.workflow_support import Plan, check_gpus_for_local_jobs
 
 validate(config, schema="../config/schema/config.schema.yaml")
 
 PLAN = Plan(config, workdir=Path.cwd())
+
+
+# The executor is known only once the workflow starts (not while this file is parsed).
+onstart:
+    check_gpus_for_local_jobs(
+        PLAN.device,
+        workflow.local_exec,
+        workflow.dryrun,
+        visible_gpus() if PLAN.device == "cuda" else 0,
+        PLAN.gpus_per_job,
+    )
+
 
 # The bin folder of the environment running Snakemake: its dsrl works without activating it (a conda env's
 # dsrl, earlier on PATH, still wins).

@@ -275,3 +275,13 @@ def test_imported_runs_are_summarized(workdir):
     assert summary.loc["zero3_cpu_offload", "status"] == "incomplete"
     assert (summary["algo"] == "ppo").all() and (summary["seed"] == 7777).all()
     assert not list(workdir.glob("calls.log"))
+
+
+def test_gpu_config_without_gpus_fails_before_any_job(workdir, monkeypatch):
+    """The GPU experiment with the local executor on a machine that shows no GPU: a clear error, nothing run."""
+    write_config(workdir, default_config())
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    proc = snakemake(workdir, "-c2", "--configfile", str(workdir / "config/gpu.yaml"), check=False)
+    assert proc.returncode != 0
+    assert "device=cuda needs 2 GPU(s) per training job but this machine shows 0" in proc.stdout + proc.stderr
+    assert not (workdir / "results").exists() and not (workdir / "calls.log").exists()

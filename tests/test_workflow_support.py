@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from dsrl.config import ConfigError
-from dsrl.workflow_support import Plan, format_value, gpu_run, lease_gpus, slot_devices
+from dsrl.workflow_support import Plan, check_gpus_for_local_jobs, format_value, gpu_run, lease_gpus, slot_devices
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -193,3 +193,22 @@ def test_gpu_run_sets_visible_devices_and_passes_exit_code(tmp_path, capfd, monk
     assert gpu_run(args) == 5
     assert "seen 3,7" in capfd.readouterr().out
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "3,7"
+
+
+@pytest.mark.parametrize(
+    ("device", "local_exec", "dryrun", "visible", "fails"),
+    [
+        ("cuda", True, False, 0, True),
+        ("cuda", True, False, 1, True),  # a 2-GPU job on a 1-GPU machine
+        ("cuda", True, False, 8, False),
+        ("cuda", False, False, 0, False),  # a cluster executor places jobs on GPU nodes
+        ("cuda", True, True, 0, False),  # a dry run starts nothing
+        ("cpu", True, False, 0, False),
+    ],
+)
+def test_gpu_jobs_need_visible_gpus_when_run_locally(device, local_exec, dryrun, visible, fails):
+    if fails:
+        with pytest.raises(ConfigError, match="--profile slurm"):
+            check_gpus_for_local_jobs(device, local_exec, dryrun, visible, needed=2)
+    else:
+        check_gpus_for_local_jobs(device, local_exec, dryrun, visible, needed=2)

@@ -36,7 +36,8 @@ def _explicit(overrides: list[str], key: str) -> str | None:
     return None
 
 
-def _visible_gpus() -> int:
+def visible_gpus() -> int:
+    """GPUs this process may use: CUDA_VISIBLE_DEVICES when set, else what nvidia-smi lists (0 without it)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return len([d for d in visible.split(",") if d.strip()])
@@ -70,7 +71,7 @@ def train_command(argv: list[str]) -> list[str]:
 
     explicit_gpus = _explicit(overrides, "trainer.n_gpus_per_node")
     explicit_nodes = _explicit(overrides, "trainer.nnodes")
-    nproc = args.nproc_per_node or (int(explicit_gpus) if explicit_gpus else (_visible_gpus() or 1))
+    nproc = args.nproc_per_node or (int(explicit_gpus) if explicit_gpus else (visible_gpus() or 1))
     nnodes = int(args.nnodes) if args.nnodes else 1
     if explicit_gpus is not None and int(explicit_gpus) != nproc:
         raise ConfigError(f"trainer.n_gpus_per_node={explicit_gpus} but --nproc-per-node {nproc}: make them agree")

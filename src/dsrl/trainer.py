@@ -131,6 +131,7 @@ class Trainer:
         )
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.pad_id = int(self.tokenizer.pad_token_id)
         rows = [r for f in train_files for r in read_prompts(f)]
         ids, kept = encode_prompts(
             rows, self.tokenizer, int(cfg.data.max_prompt_length), bool(cfg.data.filter_overlong_prompts)
@@ -240,7 +241,7 @@ class Trainer:
             )
             return False
         ids = [[5, 6, 7, 8, 9], [10, 11, 12]]
-        batch = assemble_batch([i[:2] for i in ids], [i[2:] for i in ids], 1, self.rollout.pad_id, 3, self.device)
+        batch = assemble_batch([i[:2] for i in ids], [i[2:] for i in ids], 1, self.pad_id, 3, self.device)
         with torch.no_grad():
             packed, _ = W.log_probs_of(self.actor, batch, 1.0, True)
             padded, _ = W.log_probs_of(self.actor, batch, 1.0, False)
@@ -386,7 +387,7 @@ class Trainer:
                     prompts, n, self._sampling(), derived_seed(self.seed, step, self.launch.rank)
                 )
             batch = assemble_batch(
-                prompts, responses, n, self.rollout.pad_id, int(cfg.data.max_response_length), self.device
+                prompts, responses, n, self.pad_id, int(cfg.data.max_response_length), self.device
             )
             with timer.phase("reward"):
                 scores = torch.tensor(self._scores(rows, responses, n), dtype=torch.float32, device=self.device)
@@ -591,6 +592,7 @@ class Trainer:
             )
             raise
         finally:
+            self.rollout.close()
             if progress:
                 progress.close()
             if writer:

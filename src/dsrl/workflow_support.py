@@ -289,6 +289,21 @@ def default_lock_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"dsrl-gpu-slots-{os.getuid()}"
 
 
+def check_gpus_for_local_jobs(device: str, local_exec: bool, dryrun: bool, visible: int, needed: int) -> None:
+    """A GPU config run by the local executor on a machine without GPUs fails here, before any job starts.
+
+    Cluster executors (the slurm profile) place jobs on GPU nodes, and dry runs start nothing, so both pass.
+    """
+    if device != "cuda" or not local_exec or dryrun:
+        return
+    if visible < needed:
+        raise ConfigError(
+            f"device=cuda needs {needed} GPU(s) per training job but this machine shows {visible} "
+            "(CUDA_VISIBLE_DEVICES / nvidia-smi); submit to GPU nodes with --profile slurm, or run the GPU config "
+            "on a GPU machine (profiles/local-gpu)"
+        )
+
+
 def slot_devices(slots: int, environ: Mapping[str, str] | None = None) -> list[str]:
     """Device ids of the slots: the first ``slots`` of an inherited CUDA_VISIBLE_DEVICES, else 0..slots-1."""
     environ = os.environ if environ is None else environ
