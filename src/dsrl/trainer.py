@@ -215,10 +215,18 @@ class Trainer:
     def _build_rollout(self) -> None:
         rollout_cfg = self.cfg.actor_rollout_ref.rollout
         if rollout_cfg.name == "vllm":
-            raise ConfigError(
-                "actor_rollout_ref.rollout.name=vllm: the vLLM server rollout is not available in this dsrl build "
-                "yet; use actor_rollout_ref.rollout.name=hf"
+            from dsrl.rollout.vllm_server import VLLMServerRollout
+
+            self.rollout = VLLMServerRollout(
+                self.actor,
+                self.tokenizer,
+                self.actor_path,
+                rollout_cfg,
+                self.run_dir,
+                self.launch,
+                trust_remote_code=bool(self.cfg.actor_rollout_ref.model.trust_remote_code),
             )
+            return
         self.rollout = HFRollout(self.actor, self.tokenizer, self.device)
 
     def _build_reward(self) -> None:
