@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from dsrl.atomic import atomic_output
+
 INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
 REQUIRED_COLUMNS = ("data_source", "prompt", "ability", "reward_model", "extra_info")
 SYNTHETIC_SOURCE = "dsrl/synthetic_gsm8k"
@@ -232,12 +234,8 @@ def _load_hub(source: str) -> tuple[list[dict], list[dict]]:
 
 
 def _write_parquet_atomic(rows: list[dict], path: Path) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_output(path) as tmp:
         pd.DataFrame(rows, columns=list(REQUIRED_COLUMNS)).to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def prepare_gsm8k(

@@ -9,12 +9,13 @@ import contextlib
 import json
 import math
 import numbers
-import os
 import resource
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO
+
+from dsrl.atomic import write_text
 
 
 def console_line(step: int, metrics: Mapping[str, float]) -> str:
@@ -48,9 +49,7 @@ class MetricsWriter:
                 continue  # a line cut by the crash
             if row.get("step", math.inf) <= last_step:
                 kept.append(line)
-        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}

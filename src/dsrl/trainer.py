@@ -394,9 +394,7 @@ class Trainer:
                 responses = self.rollout.generate(
                     prompts, n, self._sampling(), derived_seed(self.seed, step, self.launch.rank)
                 )
-            batch = assemble_batch(
-                prompts, responses, n, self.pad_id, int(cfg.data.max_response_length), self.device
-            )
+            batch = assemble_batch(prompts, responses, n, self.pad_id, int(cfg.data.max_response_length), self.device)
             with timer.phase("reward"):
                 scores = torch.tensor(self._scores(rows, responses, n), dtype=torch.float32, device=self.device)
                 batch["token_level_scores"] = algos.scores_to_token_rewards(scores, batch["response_mask"])
