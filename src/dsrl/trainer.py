@@ -582,21 +582,18 @@ class Trainer:
                         f"SIGTERM received: stopped after step {step}"
                         + (" (checkpoint saved)" if cfg.trainer.save_on_preempt else "")
                     )
-        except RuntimeError as exc:
-            if not _is_timeout(exc):
-                self._write_run_json("failed", last, f"{type(exc).__name__}: {exc}")
-                raise
-            msg = (
-                f"a collective waited longer than trainer.dist_timeout={cfg.trainer.dist_timeout}s after step {last}: "
-                f"another rank is stuck or died ({type(exc).__name__}: {str(exc).splitlines()[0]})"
-            )
-            self._write_run_json("failed", last, msg)
-            raise RuntimeError(msg) from exc
         except BaseException as exc:
-            self._write_run_json(
-                "preempted" if isinstance(exc, Preempted) else "failed", last, f"{type(exc).__name__}: {exc}"
-            )
-            raise
+            error = exc
+            if isinstance(exc, RuntimeError) and _is_timeout(exc):
+                error = RuntimeError(
+                    f"a collective waited longer than trainer.dist_timeout={cfg.trainer.dist_timeout}s after step "
+                    f"{last}: another rank is stuck or died ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+                )
+            status = "preempted" if isinstance(exc, Preempted) else "failed"
+            self._write_run_json(status, last, f"{type(error).__name__}: {error}")
+            if error is exc:
+                raise
+            raise error from exc
         finally:
             self.rollout.close()
             if progress:

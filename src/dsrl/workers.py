@@ -20,10 +20,6 @@ from dsrl.batching import UpdatePlan, fixed_micro_batches, min_token_bins, pack_
 Batch = dict[str, torch.Tensor]
 
 
-# Row lengths kept on the host, so slicing decisions never wait for the device.
-HOST_KEYS = ("prompt_lens", "response_lens")
-
-
 def select(batch: Batch, idx: Sequence[int]) -> Batch:
     index = torch.as_tensor(list(idx), dtype=torch.long)
     out = {}
