@@ -26,6 +26,7 @@ localrules:
     overall,
     plot_curves,
     plot_resources,
+    plot_memory,
     plot_timings,
     plot_deltas,
 

@@ -96,7 +96,8 @@ def import_log(wildcards):
 def suite_plots(suite):
     plots = [f"results/plots/{suite.name}/{curve}_curves.png" for curve in CURVES]
     plots += [
-        f"results/plots/{suite.name}/{kind}.png" for kind in ("resources", "timings")
+        f"results/plots/{suite.name}/{kind}.png"
+        for kind in ("resources", "memory", "timings")
     ]
     if suite.gate:
         plots.append(f"results/plots/{suite.name}/deltas.png")

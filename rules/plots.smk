@@ -80,3 +80,22 @@ rule plot_deltas:
         "../envs/analysis.yaml"
     script:
         "../workflow/scripts/plot_deltas.py"
+
+
+rule plot_memory:
+    input:
+        "results/{suite}/summary.tsv",
+    output:
+        png=report(
+            f"{PLOTS}/memory.png",
+            caption="../report/memory.rst",
+            category="{suite}",
+            subcategory="resources",
+        ),
+        svg=f"{PLOTS}/memory.svg",
+    log:
+        "results/logs/plot_memory/{suite}.log",
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../workflow/scripts/plot_memory.py"

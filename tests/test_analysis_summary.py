@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from dsrl.analysis.gate import bootstrap_mean_ci, combine_overall, compare_pairs, overall_rows
-from dsrl.analysis.summary import RunRecord, summarize_run, summarize_runs
+from dsrl.analysis.summary import RunRecord, summarize_run, summarize_runs, timing_phases
 
 
 def metrics(steps, score=lambda s: s / 10, throughput=lambda s: 100.0 * s, **extra):
@@ -68,6 +68,36 @@ def test_summarize_runs_timing_columns_and_order():
     assert table.loc[2, "timing_gen_mean_s"] == pytest.approx(3.0)
     assert math.isnan(table.loc[0, "timing_gen_mean_s"])
     assert table.loc[1, "timing_update_actor_mean_s"] == 1.0
+
+
+def test_summary_memory_prediction_and_mfu_columns():
+    info = {
+        "status": "completed",
+        "last_step": 6,
+        "memory_estimate": {"actor": {"gpu_bytes": 1}, "total": {"gpu_gb": 6.5, "cpu_gb_per_node": 1.25}},
+    }
+    mfu = {"perf/mfu/actor": lambda s: 0.1 * s, "perf/update_actor_throughput": lambda s: 1000.0 * s}
+    row = summarize_run(RunRecord("zero2", "grpo", 1, metrics(list(range(1, 7)), **mfu), info), target_step=6)
+    assert row["predicted_model_states_gpu_gb"] == 6.5
+    assert row["predicted_model_states_cpu_gb"] == 1.25
+    assert row["peak_mem_allocated_gb"] == 7.0
+    assert row["avg_mfu_actor_tail5"] == pytest.approx(0.4)
+    assert row["avg_update_actor_throughput_tail5"] == pytest.approx(4000.0)
+    imported = summarize_run(record("zero2", 1, [1, 2]), target_step=2)
+    assert math.isnan(imported["predicted_model_states_gpu_gb"])
+    assert math.isnan(imported["avg_mfu_actor_tail5"])
+
+
+def test_timing_phases_leave_out_the_total_and_sub_phases():
+    timings = {
+        "timing_s/step": lambda s: 9.0,
+        "timing_s/gen": lambda s: 5.0,
+        "timing_s/gen/gather_params": lambda s: 0.5,
+        "timing_s/update_actor": lambda s: 4.0,
+    }
+    table = summarize_runs([record("zero3", 1, [1, 2], **timings)], target_step=2)
+    assert table.loc[0, "timing_gen/gather_params_mean_s"] == 0.5
+    assert timing_phases(table) == {"gen": "timing_gen_mean_s", "update_actor": "timing_update_actor_mean_s"}
 
 
 def gate_summary(score_shift, seeds=(1, 2, 3), steps=range(1, 6)):

@@ -72,6 +72,7 @@ def test_gate_files_end_to_end(tmp_path):
     for name, call in {
         "curves": lambda out: tasks.plot_curves(runs, parquets, infos, score, "score", "t", out),
         "resources": lambda out: tasks.plot_resources(tmp_path / "summary.tsv", out),
+        "memory": lambda out: tasks.plot_memory(tmp_path / "summary.tsv", out),
         "deltas": lambda out: tasks.plot_deltas(tmp_path / "c.tsv", out),
         "timings": lambda out: tasks.plot_timings(tmp_path / "summary.tsv", out),
     }.items():

@@ -8,7 +8,7 @@ pytest.importorskip("torch")
 
 from dsrl.batching import plan_batches  # noqa: E402
 from dsrl.config import load_config  # noqa: E402
-from dsrl.engines import build_spec, lr_lambda  # noqa: E402
+from dsrl.engines import build_spec, lr_lambda, model_states_estimate, param_counts  # noqa: E402
 
 pytestmark = pytest.mark.train
 
@@ -56,6 +56,14 @@ def test_zero3_cpu_offloads_params_only_when_enabled():
     assert with_params.offload_effective == {"optimizer": "cpu", "param": "cpu"}
 
 
+def test_zero3_keeps_torch_linear_unless_asked():
+    """DeepSpeed's memory-efficient linear patches torch.nn.functional.linear process-wide: off by default."""
+    assert _spec(3, "none").ds_config["zero_optimization"]["memory_efficient_linear"] is False
+    on = _spec(3, "none", **{"actor_rollout_ref.actor.deepspeed.stage3_memory_efficient_linear": "true"})
+    assert on.ds_config["zero_optimization"]["memory_efficient_linear"] is True
+    assert "memory_efficient_linear" not in _spec(2, "none").ds_config["zero_optimization"]
+
+
 def test_precision_is_explicit_and_batch_sizes_match_plan():
     spec = _spec(2, "none")
     assert spec.ds_config["bf16"] == {"enabled": True}
@@ -86,3 +94,50 @@ def test_warmup_schedule():
     cfg = load_config(["actor_rollout_ref.actor.optim.lr_warmup_steps=4"], environ={})
     fn = lr_lambda(cfg.actor_rollout_ref.actor.optim, total_steps=10)
     assert [round(fn(s), 2) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+
+
+def _tied_model():
+    import torch
+
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(100, 8)  # 800, the largest layer
+            self.body = torch.nn.Linear(8, 8)  # 72
+            self.head = torch.nn.Linear(8, 100, bias=False)
+            self.head.weight = self.embed.weight  # tied: counted once
+
+    return Tied()
+
+
+def test_param_counts_count_shared_weights_once_and_read_zero3_full_sizes():
+    model = _tied_model()
+    assert param_counts(model) == (872, 800)
+    for p in model.parameters():  # what a ZeRO-3 partitioned parameter looks like: empty data, full ds_numel
+        p.ds_numel = p.numel()
+        p.data = p.data.new_empty(0)
+    assert param_counts(model) == (872, 800)
+
+
+def test_model_state_estimates_follow_the_case():
+    model, p = _tied_model(), 872
+    # ZeRO-2, no offload, 2 GPUs: 16-bit params on every GPU + 18 bytes/param of the rest partitioned
+    z2 = model_states_estimate(model, _spec(2, "none"), world_size=2, local_world_size=2)
+    assert z2["estimator"] == "estimate_zero2_model_states_mem_needs"
+    assert z2["gpu_bytes"] == 2 * p + 18 * p // 2
+    # ZeRO-2 with optimizer offload keeps only the 16-bit params on the GPU
+    assert model_states_estimate(model, _spec(2, "cpu"), 2, 2)["gpu_bytes"] == 2 * p
+    # ZeRO-3 with parameter offload keeps only the largest layer's working copy
+    z3 = model_states_estimate(model, _spec(3, "cpu", param_offload=True), 2, 2)
+    assert z3["estimator"] == "estimate_zero3_model_states_mem_needs"
+    assert z3["gpu_bytes"] == 4 * 800
+    assert z3["cpu_bytes"] > 18 * p
+    # more GPUs, less per GPU
+    assert (
+        model_states_estimate(model, _spec(3, "none"), 8, 8)["gpu_bytes"]
+        < model_states_estimate(model, _spec(3, "none"), 2, 2)["gpu_bytes"]
+    )
+    # a frozen bf16 reference: 2 bytes per parameter, partitioned only under ZeRO-3
+    cfg = load_config(["actor_rollout_ref.actor.deepspeed.zero_stage=3"], environ={})
+    ref = build_spec("ref", cfg.actor_rollout_ref.actor.deepspeed, None, None, 2, "cuda")
+    assert model_states_estimate(model, ref, 2, 2)["gpu_bytes"] == 2 * p // 2

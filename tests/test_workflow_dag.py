@@ -110,10 +110,11 @@ def test_default_dag_job_counts(workdir):
         "overall": 1,
         "plot_curves": 2 * 2,
         "plot_resources": 2,
+        "plot_memory": 2,
         "plot_timings": 2,
         "plot_deltas": 1,
         "all": 1,
-        "total": 1 + 2 * runs + 2 + 1 + 2 + 1 + 4 + 2 + 2 + 1 + 1,
+        "total": 1 + 2 * runs + 2 + 1 + 2 + 1 + 4 + 2 + 2 + 2 + 1 + 1,
     }
 
 

@@ -99,6 +99,7 @@ def build_spec(
             stage3_prefetch_bucket_size=int(ds.stage3_prefetch_bucket_size),
             stage3_param_persistence_threshold=int(ds.stage3_param_persistence_threshold),
             stage3_gather_16bit_weights_on_model_save=False,
+            memory_efficient_linear=bool(ds.stage3_memory_efficient_linear),
         )
     cfg: dict[str, Any] = {
         "zero_optimization": zero,
@@ -245,3 +246,62 @@ def full_parameters(engine) -> Iterator[torch.nn.Module]:
         finally:
             if offload is not None:
                 offload._register_deepspeed_module(offload.module)
+
+
+def param_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """(total parameters, largest single module's own parameters), shared tensors counted once.
+
+    Under ZeRO-3 the parameters are already partitioned when this runs, so each one's full size is its `ds_numel`.
+    """
+    seen: dict[int, int] = {}
+    largest = 0
+    for module in model.modules():
+        own = 0
+        for p in module.parameters(recurse=False):
+            numel = int(getattr(p, "ds_numel", p.numel()))
+            seen[id(p)] = numel
+            own += numel
+        largest = max(largest, own)
+    return sum(seen.values()), largest
+
+
+def model_states_estimate(model: torch.nn.Module, spec: EngineSpec, world_size: int, local_world_size: int) -> dict:
+    """DeepSpeed's own model-state memory estimate (params, gradients, optimizer states) for this engine's setup.
+
+    Trained engines use `estimate_zero2_model_states_mem_needs` (stages 0-2; DeepSpeed has no ZeRO-1 estimator, and
+    ZeRO-1 keeps whole 16-bit gradients, so it reads low there by 2 bytes per parameter x (1 - 1/GPUs)) or
+    `estimate_zero3_model_states_mem_needs`, with the effective offload of the case and ZeRO-3's zero-init loading.
+    A frozen engine (the reference) holds only its 16-bit weights, whole or partitioned. Per GPU and per node, bytes.
+    """
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    total, largest = param_counts(model)
+    stage = int(spec.ds_config["zero_optimization"]["stage"])
+    nodes = max(1, world_size // max(1, local_world_size))
+    offload_opt = spec.offload_effective["optimizer"] != "none"
+    offload_param = spec.offload_effective["param"] != "none"
+    out: dict[str, Any] = {"total_params": total, "largest_layer_params": largest}
+    if "optimizer" not in spec.ds_config:
+        per_param = 4 if "bf16" not in spec.ds_config and "fp16" not in spec.ds_config else 2
+        shards = world_size if stage == 3 else 1
+        out.update(estimator="frozen 16-bit weights", gpu_bytes=per_param * total // shards, cpu_bytes=0)
+        return out
+    if stage == 3:
+        cpu, gpu, _ = estimate_zero3_model_states_mem_needs(
+            total,
+            largest,
+            num_gpus_per_node=local_world_size,
+            num_nodes=nodes,
+            cpu_offload=offload_opt,
+            cpu_offload_params=offload_param,
+            zero_init=True,
+        )
+        out["estimator"] = "estimate_zero3_model_states_mem_needs"
+    else:
+        cpu, gpu = estimate_zero2_model_states_mem_needs(
+            total, num_gpus_per_node=local_world_size, num_nodes=nodes, cpu_offload=offload_opt
+        )
+        out["estimator"] = "estimate_zero2_model_states_mem_needs"
+    out.update(gpu_bytes=int(gpu), cpu_bytes=int(cpu))
+    return out

@@ -84,6 +84,10 @@ class Timer:
                 self._sync()
             self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - start
 
+    def record(self, name: str, seconds: float) -> None:
+        """Add a time measured elsewhere (a sub-phase such as `gen/gather_params`)."""
+        self.times[name] = self.times.get(name, 0.0) + seconds
+
     def metrics(self) -> dict[str, float]:
         return {f"timing_s/{k}": v for k, v in self.times.items()}
 

@@ -29,7 +29,8 @@ from dsrl import workers as W
 from dsrl.batching import BatchPlan, plan_batches
 from dsrl.config import ConfigError, to_container, use_critic
 from dsrl.data import PromptBatcher, encode_prompts, prepare_gsm8k, read_prompts
-from dsrl.engines import DTYPES, EngineSpec, build_spec, initialize, load_model, lr_lambda
+from dsrl.engines import DTYPES, EngineSpec, build_spec, initialize, load_model, lr_lambda, model_states_estimate
+from dsrl.flops import mfu, peak_flops, train_flops
 from dsrl.metrics import MetricsWriter, Timer, console_line, memory_metrics
 from dsrl.models import resolve_model_path
 from dsrl.reward import default_compute_score, load_custom_reward_fn, score_batch
@@ -101,6 +102,10 @@ class Trainer:
             horizon=float(cfg.algorithm.kl_ctrl.horizon),
         )
         self.remove_padding = self._check_remove_padding()
+        precision = cfg.actor_rollout_ref.actor.deepspeed.mixed_precision
+        self.peak_flops = (
+            peak_flops(torch.cuda.get_device_name(self.device), precision) if self.device.type == "cuda" else None
+        )
 
     # ---------------------------------------------------------------- setup
     def _prepare_data_and_model(self) -> None:
@@ -176,6 +181,7 @@ class Trainer:
             override_config=dict(arr.model.override_config),
             gradient_checkpointing=bool(arr.model.enable_gradient_checkpointing),
         )
+        self.memory_estimates = {"actor": self._estimate(model, self.actor_spec)}
         self.actor = initialize(model, self.actor_spec, lr_lambda(arr.actor.optim, self.total_steps))
         self.engines = {"actor": self.actor}
         self.ref = None
@@ -191,6 +197,7 @@ class Trainer:
                 override_config=dict(arr.model.override_config),
                 gradient_checkpointing=False,
             )
+            self.memory_estimates["ref"] = self._estimate(ref_model, ref_spec)
             if int(a_ds.zero_stage) == 3:
                 self.ref = initialize(ref_model, ref_spec)
             else:
@@ -209,8 +216,17 @@ class Trainer:
                 override_config=dict(cfg.critic.model.override_config),
                 gradient_checkpointing=bool(cfg.critic.model.enable_gradient_checkpointing),
             )
+            self.memory_estimates["critic"] = self._estimate(critic_model, spec)
             self.critic = initialize(critic_model, spec, lr_lambda(cfg.critic.optim, self.total_steps))
             self.engines["critic"] = self.critic
+        gib = 1024**3
+        gpu = sum(e["gpu_bytes"] for e in self.memory_estimates.values()) / gib
+        cpu = sum(e["cpu_bytes"] for e in self.memory_estimates.values()) / gib
+        self.memory_estimates["total"] = {"gpu_gb": gpu, "cpu_gb_per_node": cpu}
+        log.info("DeepSpeed's model-state estimate: %.3g GiB per GPU, %.3g GiB CPU per node", gpu, cpu)
+
+    def _estimate(self, model: torch.nn.Module, spec: EngineSpec) -> dict[str, Any]:
+        return model_states_estimate(model, spec, self.launch.world_size, self.launch.local_world_size)
 
     def _build_rollout(self) -> None:
         rollout_cfg = self.cfg.actor_rollout_ref.rollout
@@ -294,6 +310,7 @@ class Trainer:
                 "critic": vars(self.plan.critic) if self.plan.critic else None,
             },
             "remove_padding_effective": self.remove_padding,
+            "memory_estimate": self.memory_estimates,
             "model_path": self.actor_path,
             "versions": {
                 "dsrl": dsrl.__version__,
@@ -394,6 +411,8 @@ class Trainer:
                 responses = self.rollout.generate(
                     prompts, n, self._sampling(), derived_seed(self.seed, step, self.launch.rank)
                 )
+            for name, seconds in self.rollout.timings().items():
+                timer.record(f"gen/{name}", seconds)
             batch = assemble_batch(prompts, responses, n, self.pad_id, int(cfg.data.max_response_length), self.device)
             with timer.phase("reward"):
                 scores = torch.tensor(self._scores(rows, responses, n), dtype=torch.float32, device=self.device)
@@ -466,6 +485,7 @@ class Trainer:
             metrics["perf/update_actor_throughput"] = (
                 tokens * int(arr.actor.ppo_epochs) / (update_time * self.launch.world_size)
             )
+        metrics.update(self._mfu_metrics(batch, timer.times))
         mem = memory_metrics(self.device.type)
         maxed = dist.all_reduce_scalars(
             [mem["perf/max_memory_allocated_gb"], mem["perf/max_memory_reserved_gb"]], "max"
@@ -473,6 +493,25 @@ class Trainer:
         mem["perf/max_memory_allocated_gb"], mem["perf/max_memory_reserved_gb"] = maxed
         metrics.update(mem)
         return metrics
+
+    def _mfu_metrics(self, batch: W.Batch, times: dict[str, float]) -> dict[str, float]:
+        """verl's `perf/mfu/actor` and `perf/mfu/critic`: model FLOPs of the update phase over the GPUs' peak."""
+        if self.peak_flops is None:
+            return {}
+        lens = (batch["prompt_lens"] + batch["response_lens"]).tolist()
+        out = {}
+        for name, engine, epochs in (
+            ("actor", self.actor, self.cfg.actor_rollout_ref.actor.ppo_epochs),
+            ("critic", self.critic, self.cfg.critic.ppo_epochs),
+        ):
+            seconds = times.get(f"update_{name}")
+            if engine is None or not seconds:
+                continue
+            flops = dist.all_reduce_scalars([train_flops(engine.module.config, lens) * int(epochs)], "sum")[0]
+            value = mfu(flops, seconds, self.launch.world_size, self.peak_flops)
+            if value is not None:
+                out[f"perf/mfu/{name}"] = value
+        return out
 
     def _advantages(self, batch: W.Batch, global_idx: list[int], entropy: torch.Tensor) -> dict[str, float]:
         """Whole-batch advantage estimation (gathered on every rank), then each rank keeps its own rows."""

@@ -88,6 +88,32 @@ def plot_resources(summary: pd.DataFrame, paths: Sequence[PathLike]) -> None:
     save_figure(fig, paths)
 
 
+MEMORY_BARS = [
+    ("predicted_model_states_gpu_gb", "predicted model states (DeepSpeed estimator)"),
+    ("peak_mem_allocated_gb", "measured peak allocated"),
+    ("peak_mem_reserved_gb", "measured peak reserved"),
+]
+
+
+def plot_memory(summary: pd.DataFrame, paths: Sequence[PathLike]) -> None:
+    """Per-GPU memory per case: DeepSpeed's model-state prediction beside the measured peaks (mean across seeds).
+
+    The gap between the first bar and the others is what the estimator leaves out (activations, logits, the
+    rollout's KV cache, allocator slack): size jobs from the measured bars of the closest case.
+    """
+    columns = [c for c, _ in MEMORY_BARS]
+    means = summary.groupby(["case", "algo"])[columns].mean()
+    means.columns = [label for _, label in MEMORY_BARS]
+    means.index = [f"{case} ({algo})" for case, algo in means.index]
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(means)), 4.5), layout="constrained")
+    means.plot.bar(ax=ax, rot=30, color=["tab:gray", "tab:blue", "tab:orange"])
+    plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
+    ax.set(ylabel="GB per GPU", xlabel="")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize="small")
+    save_figure(fig, paths)
+
+
 def plot_deltas(compare: pd.DataFrame, paths: Sequence[PathLike]) -> None:
     """Paired candidate-minus-baseline deltas per seed for score, throughput and reserved memory."""
     panels = [

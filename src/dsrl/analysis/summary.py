@@ -18,6 +18,8 @@ SCORE = "critic/score/mean"
 THROUGHPUT = "perf/throughput"
 MEM_ALLOCATED = "perf/max_memory_allocated_gb"
 MEM_RESERVED = "perf/max_memory_reserved_gb"
+MFU_ACTOR = "perf/mfu/actor"
+UPDATE_THROUGHPUT = "perf/update_actor_throughput"
 TIMING_PREFIX = "timing_s/"
 
 SUMMARY_COLUMNS = [
@@ -35,6 +37,11 @@ SUMMARY_COLUMNS = [
     "step_target_mem_reserved_gb",
     "avg_mem_reserved_gb_tail5",
     "peak_mem_reserved_gb",
+    "peak_mem_allocated_gb",
+    "predicted_model_states_gpu_gb",
+    "predicted_model_states_cpu_gb",
+    "avg_mfu_actor_tail5",
+    "avg_update_actor_throughput_tail5",
 ]
 """Fixed leading columns; ``timing_<phase>_mean_s`` columns, ``malformed_lines`` and ``last_error`` follow."""
 
@@ -74,6 +81,15 @@ def _peak(table: pd.DataFrame, column: str) -> float:
     return float(table[column].max()) if column in table.columns else np.nan
 
 
+def _predicted(info: Mapping[str, Any]) -> dict[str, float]:
+    """DeepSpeed's model-state estimate recorded by the trainer (absent for imported runs: NaN)."""
+    total = info.get("memory_estimate", {}).get("total", {})
+    return {
+        "predicted_model_states_gpu_gb": float(total.get("gpu_gb", np.nan)),
+        "predicted_model_states_cpu_gb": float(total.get("cpu_gb_per_node", np.nan)),
+    }
+
+
 def summarize_run(record: RunRecord, target_step: int) -> dict[str, Any]:
     """Summarize one run; values the run never logged (e.g. past its last step) are NaN, not zero."""
     table = record.metrics
@@ -93,6 +109,10 @@ def summarize_run(record: RunRecord, target_step: int) -> dict[str, Any]:
         "step_target_mem_reserved_gb": _at(table, target_step, MEM_RESERVED),
         "avg_mem_reserved_gb_tail5": _tail(table, target_step, MEM_RESERVED),
         "peak_mem_reserved_gb": _peak(table, MEM_RESERVED),
+        "peak_mem_allocated_gb": _peak(table, MEM_ALLOCATED),
+        **_predicted(record.info),
+        "avg_mfu_actor_tail5": _tail(table, target_step, MFU_ACTOR),
+        "avg_update_actor_throughput_tail5": _tail(table, target_step, UPDATE_THROUGHPUT),
     }
     for column in sorted(c for c in table.columns if c.startswith(TIMING_PREFIX)):
         row[f"timing_{column[len(TIMING_PREFIX) :]}_mean_s"] = float(table[column].mean())
@@ -113,7 +133,13 @@ def summarize_runs(records: Iterable[RunRecord], target_step: int) -> pd.DataFra
 
 
 def timing_phases(summary: pd.DataFrame) -> dict[str, str]:
-    """Map phase name -> summary column for the per-phase mean timings (``step`` is the total, excluded)."""
-    phases = {c[len("timing_") : -len("_mean_s")]: c for c in summary.columns if c.startswith("timing_")}
+    """Map phase name -> summary column for the per-phase mean timings.
+
+    ``step`` is the total and ``<phase>/<part>`` a part of a phase (ZeRO-3's ``gen/gather_params``), so both are
+    left out: the phases returned add up to the step.
+    """
+    phases = {
+        c[len("timing_") : -len("_mean_s")]: c for c in summary.columns if c.startswith("timing_") and "/" not in c
+    }
     phases.pop("step", None)
     return phases

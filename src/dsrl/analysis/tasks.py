@@ -125,3 +125,7 @@ def plot_deltas(compare_tsv: PathLike, out: Sequence[PathLike]) -> None:
 
 def plot_timings(summary_tsv: PathLike, out: Sequence[PathLike]) -> None:
     plots.plot_timings(read_tsv(summary_tsv), out)
+
+
+def plot_memory(summary_tsv: PathLike, out: Sequence[PathLike]) -> None:
+    plots.plot_memory(read_tsv(summary_tsv), out)

@@ -32,6 +32,10 @@ class Rollout(Protocol):
         """Make the next `generate` use the actor's current weights."""
         ...
 
+    def timings(self) -> dict[str, float]:
+        """Seconds spent in named sub-phases of the last `generate` (logged as `timing_s/gen/<name>`)."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import torch
@@ -20,6 +21,7 @@ class HFRollout:
         eos = tokenizer.eos_token_id
         self.eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
         self.micro_batch = micro_batch
+        self._timings: dict[str, float] = {}
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[Sequence[int]], n: int, sampling: Sampling, seed: int) -> list[list[int]]:
@@ -28,7 +30,12 @@ class HFRollout:
         out: list[list[int]] = []
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(seed)
+        start = time.perf_counter()
         with full_parameters(self.engine) as model:
+            if self.engine.zero_optimization_stage() == 3:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                self._timings = {"gather_params": time.perf_counter() - start}
             was_training = model.training
             model.eval()
             try:
@@ -61,6 +68,10 @@ class HFRollout:
 
     def sync_weights(self) -> None:
         return None
+
+    def timings(self) -> dict[str, float]:
+        """Sub-phases of the last `generate` (ZeRO-3: gathering the whole model once), in seconds."""
+        return dict(self._timings)
 
     def close(self) -> None:
         return None

@@ -409,6 +409,10 @@ class VLLMServerRollout:
         dist.barrier()
         self._awake.update(missing)
 
+    def timings(self) -> dict[str, float]:
+        """No sub-phases of `generate` to report: the weight gather is timed as `update_weights`."""
+        return {}
+
     def close(self) -> None:
         if getattr(self, "http", None) is not None:
             self.http.close()
