@@ -28,7 +28,8 @@ GRPO_TOY = [
     "actor_rollout_ref.actor.deepspeed.zero_stage=3",
     "trainer.total_training_steps=30",
 ]
-PPO = ["algorithm.adv_estimator=gae", "trainer.total_training_steps=2"]
+# A large actor lr: step 1 must change what step 2 samples, or a stale server would go unnoticed.
+PPO = ["algorithm.adv_estimator=gae", "trainer.total_training_steps=2", "actor_rollout_ref.actor.optim.lr=1e-2"]
 
 
 def server_log(run: Run) -> Path:
@@ -74,18 +75,31 @@ def test_grpo_learns_the_toy_reward_with_vllm_as_with_hf(tmp_path):
     assert_no_server_left(server_log(runs["vllm"]))
 
 
-def test_ppo_runs_and_no_server_outlives_a_run(tmp_path):
-    ok = run_dsrl(tmp_path / "ok", *PPO, *VLLM)
+def differing_metrics(a: dict, b: dict) -> list[str]:
+    """Keys (timings aside) where two metrics rows differ."""
+    return [k for k in a if not k.startswith(("timing_s/", "perf/")) and a[k] != pytest.approx(b.get(k), rel=1e-6)]
+
+
+def test_ppo_resumes_as_if_uninterrupted_and_no_server_outlives_a_run(tmp_path):
+    """Seeded sampling plus a weight push before the first rollout: a resumed run samples what a whole one did."""
+    ok = run_dsrl(tmp_path / "ok", *PPO, *VLLM, "trainer.save_freq=1")
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert [m["step"] for m in ok.metrics] == [1, 2]
     assert all("timing_s/update_weights" in m and m["critic/vf_loss"] == m["critic/vf_loss"] for m in ok.metrics)
     assert_no_server_left(server_log(ok))
 
-    failed = run_dsrl(tmp_path / "failed", *PPO, *VLLM, "trainer.fail_at_step=2")
+    failed = run_dsrl(tmp_path / "failed", *PPO, *VLLM, "trainer.save_freq=1", "trainer.fail_at_step=2")
     assert failed.returncode != 0
     assert "trainer.fail_at_step=2" in failed.stderr
     assert failed.info["status"] == "failed"
     assert_no_server_left(server_log(failed))
+
+    resumed = run_dsrl(tmp_path / "failed", *PPO, *VLLM, "trainer.save_freq=1")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+    assert [m["step"] for m in resumed.metrics] == [1, 2]
+    assert not differing_metrics(ok.step(2), resumed.step(2))
+    assert_no_server_left(server_log(resumed))
 
 
 def test_two_runs_at_once_get_their_own_servers(tmp_path):
@@ -104,6 +118,9 @@ def test_two_runs_at_once_get_their_own_servers(tmp_path):
         assert run.returncode == 0, run.stderr[-3000:]
         assert [m["step"] for m in run.metrics] == [1, 2]
     assert server_port(runs[0]) != server_port(runs[1])
+    # Same seed, separate servers: seeded requests sample the same responses.
+    for a, b in zip(runs[0].metrics, runs[1].metrics, strict=True):
+        assert not differing_metrics(a, b)
     for run in runs:
         assert_no_server_left(server_log(run))
 
