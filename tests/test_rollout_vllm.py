@@ -26,7 +26,7 @@ GRPO_TOY = [
     "actor_rollout_ref.actor.ppo_mini_batch_size=8",
     "actor_rollout_ref.actor.optim.lr=3e-3",
     "actor_rollout_ref.actor.deepspeed.zero_stage=3",
-    "trainer.total_training_steps=30",
+    "trainer.total_training_steps=40",
 ]
 # A large actor lr: step 1 must change what step 2 samples, or a stale server would go unnoticed.
 PPO = ["algorithm.adv_estimator=gae", "trainer.total_training_steps=2", "actor_rollout_ref.actor.optim.lr=1e-2"]
@@ -60,17 +60,20 @@ def assert_no_server_left(log_path: Path) -> None:
 
 
 def test_grpo_learns_the_toy_reward_with_vllm_as_with_hf(tmp_path):
-    """Rising scores need every step's update to reach the server: a stale server would sample the same way."""
+    """Rising scores need every step's update to reach the server: a stale server would sample the same way.
+
+    Measured over seeds 1-6 (40 steps, mean of the last 5 minus the first 5 scores): hf gains 0.63-0.74, vllm
+    0.61-0.75, vllm/hf of one seed 0.83-1.12; the server's log-probs of its samples match the trainer's to ~0.003.
+    """
     runs = {name: run_dsrl(tmp_path / name, *GRPO_TOY, *extra) for name, extra in (("vllm", VLLM), ("hf", []))}
     gains = {}
     for name, run in runs.items():
         assert run.returncode == 0, run.stderr[-3000:]
         scores = [m["critic/score/mean"] for m in run.metrics]
         first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
-        assert last > 3 * first and last - first > 0.02, (name, scores)
+        assert first < 0.05 and last > 0.4, (name, scores)
         gains[name] = last - first
-    # Measured: 0.17 (vllm) vs 0.29 (hf); the two sample with different random streams, so allow for noise.
-    assert gains["vllm"] > gains["hf"] / 3, gains
+    assert gains["vllm"] >= 0.75 * gains["hf"], gains
     assert all(m["timing_s/update_weights"] > 0 for m in runs["vllm"].metrics)
     assert_no_server_left(server_log(runs["vllm"]))
 
