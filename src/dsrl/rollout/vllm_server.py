@@ -2,9 +2,10 @@
 
 Local rank 0 of each node starts `python -m vllm.entrypoints.openai.api_server` as a child process on 127.0.0.1
 and a free port; the node's ranks share its URL through torch.distributed and send prompt token ids to
-`/v1/completions` concurrently (`return_token_ids` hands back the sampled ids). After every actor update the
-weights are gathered from ZeRO-3 one layer group at a time and pushed through vLLM's weight-transfer API
-(`/start_weight_update`, `/update_weights`, `/finish_weight_update`):
+`/v1/completions` concurrently (`return_token_ids` hands back the sampled ids), each prompt with its own seed. Before
+the first rollout (the actor may come from a checkpoint) and after every actor update the weights are gathered from
+ZeRO-3 one layer group at a time and pushed through vLLM's weight-transfer API (`/start_weight_update`,
+`/update_weights`, `/finish_weight_update`):
 
 - CPU: the `dsrl_shm` backend (`dsrl.rollout.vllm_shm`): each group is a safetensors file in /dev/shm; the server
   is paused around the update (sleep frees nothing on CPU).
