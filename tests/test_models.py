@@ -99,6 +99,30 @@ def test_changed_corpus_gives_new_dir(tiny_cache, tiny_path, tmp_path):
     )
 
 
+def test_changed_shapes_give_new_dir(tmp_path, monkeypatch):
+    """The cache key covers the preset's shapes: a tiny built before a preset change is never reused."""
+    monkeypatch.setattr(models, "_build", _fake_build([]))
+    before = resolve_model_path("random:tiny", cache_dir=tmp_path)
+    old = PRESETS["tiny"]
+    changed = models.ModelPreset(**{**old.__dict__, "config": {**old.config, "head_dim": 16}})
+    monkeypatch.setitem(PRESETS, "tiny", changed)
+    assert resolve_model_path("random:tiny", cache_dir=tmp_path) != before
+
+
+def test_tiny_fits_vllm_cpu_attention(tiny_path):
+    """vLLM's CPU attention has kernels for a fixed set of head sizes; random:tiny must be one of them."""
+    config = transformers.AutoConfig.from_pretrained(tiny_path)
+    assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (2, 1, 32)
+    pytest.importorskip("vllm")
+    from dsrl.config import ConfigError
+    from dsrl.rollout.vllm_server import check_cpu_head_dim
+
+    check_cpu_head_dim(config, str(tiny_path))
+    config.head_dim = 16
+    with pytest.raises(ConfigError, match="head_dim=16"):
+        check_cpu_head_dim(config, "m")
+
+
 def _fake_build(calls: list):
     def build(name, texts, out):
         calls.append(name)

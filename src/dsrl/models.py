@@ -63,9 +63,10 @@ PRESETS: dict[str, ModelPreset] = {
         config={
             "hidden_size": 64,
             "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "head_dim": 16,
+            # head_dim 32: the smallest head size vLLM's CPU attention has a kernel for.
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 32,
             "intermediate_size": 128,
             "tie_word_embeddings": False,
             "max_position_embeddings": 4096,

@@ -2,9 +2,10 @@
 
 Local rank 0 of each node starts `python -m vllm.entrypoints.openai.api_server` as a child process on 127.0.0.1
 and a free port; the node's ranks share its URL through torch.distributed and send prompt token ids to
-`/v1/completions` concurrently (`return_token_ids` hands back the sampled ids). After every actor update the
-weights are gathered from ZeRO-3 one layer group at a time and pushed through vLLM's weight-transfer API
-(`/start_weight_update`, `/update_weights`, `/finish_weight_update`):
+`/v1/completions` concurrently (`return_token_ids` hands back the sampled ids), each prompt with its own seed. Before
+the first rollout (the actor may come from a checkpoint) and after every actor update the weights are gathered from
+ZeRO-3 one layer group at a time and pushed through vLLM's weight-transfer API (`/start_weight_update`,
+`/update_weights`, `/finish_weight_update`):
 
 - CPU: the `dsrl_shm` backend (`dsrl.rollout.vllm_shm`): each group is a safetensors file in /dev/shm; the server
   is paused around the update (sleep frees nothing on CPU).
@@ -107,6 +108,11 @@ def server_args(
         args.append("--trust-remote-code")
     if cfg.enforce_eager or device_type != "cuda":
         args.append("--enforce-eager")
+    if device_type != "cuda":
+        # Seeded requests need whole prefills on CPU: vLLM 0.32 rewinds a request's generator after a partial
+        # (chunked) prefill with `set_offset`, which CPU generators do not have ("CPU Generator does not use
+        # offset"). Prompts then must fit max_num_batched_tokens, which vLLM checks against max_model_len.
+        args.append("--no-enable-chunked-prefill")
     if device_type == "cuda" and cfg.free_cache_engine:
         args.append("--enable-sleep-mode")
     return args
@@ -303,9 +309,13 @@ class VLLMServerRollout:
         self.source = weight_source(engine.module, engine.zero_optimization_stage() == 3)
         self._ipc = self._init_ipc() if self.gpu else None
         self._awake = {"weights", "kv_cache"}
+        self._synced = False
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompts: Sequence[Sequence[int]], n: int, sampling: Sampling, seed: int) -> list[list[int]]:
+        if not self._synced:
+            # The server loaded the model folder, but the actor may come from a checkpoint (a resumed run).
+            self.sync_weights()
         self._wake("weights", "kv_cache")
         body: dict[str, Any] = {
             "model": SERVED_NAME,
@@ -320,12 +330,10 @@ class VLLMServerRollout:
         else:
             body.update(temperature=0.0)
         requests = [{**body, "prompt": list(p)} for p in prompts]
-        if self.gpu:
-            # vLLM seeds the n samples of a request with seed, seed+1, ..., seed+n-1: give each prompt its own
-            # range, or prompts would share random streams. On CPU, seeded requests crash vLLM 0.32's engine once a
-            # prefill is chunked ("CPU Generator does not use offset"), so there the server's own RNG samples.
-            for i, r in enumerate(requests):
-                r["seed"] = (seed + i * n) % 2**63
+        # vLLM seeds the n samples of a request with seed, seed+1, ..., seed+n-1: give each prompt its own range, or
+        # prompts would share random streams. Seeded sampling makes a resumed run sample what an uninterrupted one did.
+        for i, r in enumerate(requests):
+            r["seed"] = (seed + i * n) % 2**63
         out: list[list[int]] = []
         if requests:
             with ThreadPoolExecutor(max_workers=min(len(requests), int(self.cfg.max_num_seqs), 64)) as pool:
@@ -359,6 +367,7 @@ class VLLMServerRollout:
         if self.ships:
             self._post("/reset_prefix_cache")
         dist.barrier()
+        self._synced = True
 
     def _sync_cpu(self) -> None:
         if self.ships:
