@@ -1,0 +1,114 @@
+"""The GPU-suite tables of docs/benchmarks.md from a suite's summary.tsv (and the micro-batch "before" run).
+
+    .venv/bin/python benchmarks/gpu_suites_table.py docs/benchmarks/gpu-h200x2
+
+Prints markdown and writes it to <dir>/tables.md, so every figure in the write-up traces back to the raw files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from dsrl.analysis.atomic import atomic_output
+from dsrl.analysis.tasks import read_tsv
+
+ORDER = [
+    "zero1_no_offload",
+    "zero1_cpu_offload",
+    "zero2_no_offload",
+    "zero2_cpu_offload",
+    "zero3_no_offload",
+    "zero3_cpu_offload",
+]
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    head = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(frame.columns))) + "|"
+    rows = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([head, rule, *rows])
+
+
+def cases_table(summary: pd.DataFrame) -> str:
+    s = summary.set_index("case").reindex([c for c in ORDER if c in set(summary["case"])])
+    table = pd.DataFrame(
+        {
+            "case": s.index,
+            "step s": s["timing_step_mean_s"].round(2),
+            "gen s": s["timing_gen_mean_s"].round(2),
+            "old log-prob s": s["timing_old_log_prob_mean_s"].round(2),
+            "actor update s": s["timing_update_actor_mean_s"].round(2),
+            "tok/s/GPU (step)": s["avg_throughput_tail5"].round(0).astype(int),
+            "tok/s/GPU (update)": s["avg_update_actor_throughput_tail5"].round(0).astype(int),
+            "update MFU": (100 * s["avg_mfu_actor_tail5"]).round(1).astype(str) + " %",
+            "predicted GiB/GPU": s["predicted_model_states_gpu_gb"].round(2),
+            "peak alloc GiB": s["peak_mem_allocated_gb"].round(1),
+            "peak reserved GiB": s["peak_mem_reserved_gb"].round(1),
+            "predicted CPU GiB/node": s["predicted_model_states_cpu_gb"].round(1),
+        }
+    )
+    if "timing_gen/gather_params_mean_s" in s:
+        gather = s["timing_gen/gather_params_mean_s"].round(3)
+        table.insert(3, "ZeRO-3 gather s", gather.astype(object).where(gather.notna(), "-"))
+    return _markdown(table)
+
+
+def _means(path: Path, steps: range = range(2, 6)) -> dict[str, float]:
+    """Means over `steps` (step 1 includes CUDA and allocator warm-up)."""
+    rows = [r for r in map(json.loads, path.read_text().splitlines()) if r.get("step") in steps]
+    keys = [
+        "timing_s/step",
+        "timing_s/old_log_prob",
+        "timing_s/update_actor",
+        "perf/update_actor_throughput",
+        "perf/mfu/actor",
+        "perf/max_memory_allocated_gb",
+    ]
+    return {k: sum(r[k] for r in rows) / len(rows) for k in keys}
+
+
+def micro_batch_table(root: Path) -> str:
+    before = _means(root / "micro_batch_before" / "zero2_micro2" / "metrics.jsonl")
+    after = _means(root / "zero_six" / "runs" / "zero2_no_offload" / "seed7777" / "metrics.jsonl")
+    rows = []
+    for name, m in [
+        ("micro 2 (update), 1 (log-prob): reference", before),
+        ("token budget 16k (use_dynamic_bsz)", after),
+    ]:
+        rows.append(
+            {
+                "ZeRO-2 micro batching": name,
+                "step s": round(m["timing_s/step"], 2),
+                "old log-prob s": round(m["timing_s/old_log_prob"], 2),
+                "actor update s": round(m["timing_s/update_actor"], 2),
+                "update tok/s/GPU": int(round(m["perf/update_actor_throughput"])),
+                "update MFU": f"{100 * m['perf/mfu/actor']:.1f} %",
+                "peak alloc GiB": round(m["perf/max_memory_allocated_gb"], 1),
+            }
+        )
+    return _markdown(pd.DataFrame(rows))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", type=Path)
+    root = parser.parse_args().root
+    text = "\n\n".join(
+        [
+            "zero_six (GRPO, 10 steps; phase times: mean over steps; tok/s and MFU: mean of the last 5 steps)",
+            cases_table(read_tsv(root / "zero_six" / "summary.tsv")),
+            "micro batching, ZeRO-2 (steps 2-5 of each run)",
+            micro_batch_table(root),
+        ]
+    )
+    print(text)
+    with atomic_output(root / "tables.md") as tmp:
+        Path(tmp).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
