@@ -4,8 +4,8 @@
 #
 #   bash benchmarks/gpu_suites.sh BUDGET_S [snakemake targets...]
 #
-# .device/ holds ../shared/device/prepare.sh's wheels plus Snakemake's (see docs/benchmarks.md) and a copy of
-# GSM8K in .device/gsm8k. A previous call's state (.device/state/results.tar.gz: results/ and .snakemake/ with its
+# .device/ comes from benchmarks/prepare_device.sh (DeepSpeed, Snakemake and their missing deps as wheels, and a
+# copy of GSM8K in .device/gsm8k). A previous call's state (.device/state/results.tar.gz: results/ and .snakemake/ with its
 # metadata and incomplete markers; .device/state/ext.tar.gz: DeepSpeed's compiled ops) is restored first, so a
 # later call runs only what is missing, as `snakemake` does on a cluster. The new state is written to $OUT.
 set -uo pipefail
