@@ -3,16 +3,10 @@
 import pytest
 
 from dsrl.flops import dense_params, mfu, peak_flops, train_flops
+from dsrl.models import PRESETS
 
-QWEN3_06B = {
-    "hidden_size": 1024,
-    "num_hidden_layers": 28,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 8,
-    "head_dim": 128,
-    "intermediate_size": 3072,
-    "vocab_size": 151936,
-}
+QWEN3 = PRESETS["qwen3-0.6b"]
+QWEN3_06B = {**QWEN3.config, "vocab_size": QWEN3.vocab_size}
 
 
 def test_dense_params_hand_count():

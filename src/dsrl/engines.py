@@ -271,7 +271,7 @@ def model_states_estimate(model: torch.nn.Module, spec: EngineSpec, world_size: 
     Trained engines use `estimate_zero2_model_states_mem_needs` (stages 0-2; DeepSpeed has no ZeRO-1 estimator, and
     ZeRO-1 keeps whole 16-bit gradients, so it reads low there by 2 bytes per parameter x (1 - 1/GPUs)) or
     `estimate_zero3_model_states_mem_needs`, with the effective offload of the case and ZeRO-3's zero-init loading.
-    A frozen engine (the reference) holds only its 16-bit weights, whole or partitioned. Per GPU and per node, bytes.
+    A frozen engine (the reference) holds only its weights, whole or partitioned. Per GPU and per node, bytes.
     """
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
@@ -285,7 +285,9 @@ def model_states_estimate(model: torch.nn.Module, spec: EngineSpec, world_size: 
     if "optimizer" not in spec.ds_config:
         per_param = 4 if "bf16" not in spec.ds_config and "fp16" not in spec.ds_config else 2
         shards = world_size if stage == 3 else 1
-        out.update(estimator="frozen 16-bit weights", gpu_bytes=per_param * total // shards, cpu_bytes=0)
+        out.update(
+            estimator=f"frozen weights, {per_param} bytes each", gpu_bytes=per_param * total // shards, cpu_bytes=0
+        )
         return out
     if stage == 3:
         cpu, gpu, _ = estimate_zero3_model_states_mem_needs(

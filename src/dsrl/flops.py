@@ -42,29 +42,34 @@ def _get(config: Any, key: str, default: Any = None) -> Any:
     return config.get(key, default) if isinstance(config, dict) else getattr(config, key, default)
 
 
+def _shape(config: Any) -> dict[str, int]:
+    hidden = int(_get(config, "hidden_size"))
+    heads = int(_get(config, "num_attention_heads"))
+    return {
+        "hidden": hidden,
+        "layers": int(_get(config, "num_hidden_layers")),
+        "heads": heads,
+        "kv_heads": int(_get(config, "num_key_value_heads", heads)),
+        "head_dim": int(_get(config, "head_dim", None) or hidden // heads),
+        "intermediate": int(_get(config, "intermediate_size")),
+        "vocab": int(_get(config, "vocab_size")),
+    }
+
+
 def dense_params(config: Any) -> int:
     """Parameters that take part in a token's matrix products (embedding and LM head counted once each)."""
-    hidden = int(_get(config, "hidden_size"))
-    layers = int(_get(config, "num_hidden_layers"))
-    heads = int(_get(config, "num_attention_heads"))
-    kv_heads = int(_get(config, "num_key_value_heads", heads))
-    head_dim = int(_get(config, "head_dim", None) or hidden // heads)
-    intermediate = int(_get(config, "intermediate_size"))
-    vocab = int(_get(config, "vocab_size"))
-    attention = hidden * head_dim * (2 * heads + 2 * kv_heads)  # q, o and k, v projections
-    mlp = 3 * hidden * intermediate  # gate, up, down
-    return layers * (attention + mlp) + 2 * vocab * hidden
+    d = _shape(config)
+    attention = d["hidden"] * d["head_dim"] * (2 * d["heads"] + 2 * d["kv_heads"])  # q, o and k, v projections
+    mlp = 3 * d["hidden"] * d["intermediate"]  # gate, up, down
+    return d["layers"] * (attention + mlp) + 2 * d["vocab"] * d["hidden"]
 
 
 def train_flops(config: Any, seq_lens: Iterable[int]) -> float:
     """Forward + backward FLOPs of one pass over sequences of these lengths (verl's FlopsCounter formula)."""
     lens = [int(n) for n in seq_lens]
-    hidden = int(_get(config, "hidden_size"))
-    heads = int(_get(config, "num_attention_heads"))
-    head_dim = int(_get(config, "head_dim", None) or hidden // heads)
-    layers = int(_get(config, "num_hidden_layers"))
+    d = _shape(config)
     dense = 6 * dense_params(config) * sum(lens)
-    attention = 12 * sum(n * n for n in lens) * head_dim * heads * layers
+    attention = 12 * sum(n * n for n in lens) * d["head_dim"] * d["heads"] * d["layers"]
     return float(dense + attention)
 
 
