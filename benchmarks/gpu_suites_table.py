@@ -8,12 +8,12 @@ Prints markdown and writes it to <dir>/tables.md, so every figure in the write-u
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from dsrl.analysis.atomic import atomic_output
+from dsrl.analysis.logs import load_metrics
 from dsrl.analysis.tasks import read_tsv
 
 ORDER = [
@@ -24,13 +24,6 @@ ORDER = [
     "zero3_no_offload",
     "zero3_cpu_offload",
 ]
-
-
-def _markdown(frame: pd.DataFrame) -> str:
-    head = "| " + " | ".join(frame.columns) + " |"
-    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(frame.columns))) + "|"
-    rows = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([head, rule, *rows])
 
 
 def cases_table(summary: pd.DataFrame) -> str:
@@ -54,12 +47,11 @@ def cases_table(summary: pd.DataFrame) -> str:
     if "timing_gen/gather_params_mean_s" in s:
         gather = s["timing_gen/gather_params_mean_s"].round(3)
         table.insert(3, "ZeRO-3 gather s", gather.astype(object).where(gather.notna(), "-"))
-    return _markdown(table)
+    return table.to_markdown(index=False)
 
 
-def _means(path: Path, steps: range = range(2, 6)) -> dict[str, float]:
-    """Means over `steps` (step 1 includes CUDA and allocator warm-up)."""
-    rows = [r for r in map(json.loads, path.read_text().splitlines()) if r.get("step") in steps]
+def _means(run_dir: Path, steps: slice = slice(2, 5)) -> pd.Series:
+    """Means over steps 2-5 (step 1 includes CUDA and allocator warm-up)."""
     keys = [
         "timing_s/step",
         "timing_s/old_log_prob",
@@ -68,12 +60,12 @@ def _means(path: Path, steps: range = range(2, 6)) -> dict[str, float]:
         "perf/mfu/actor",
         "perf/max_memory_allocated_gb",
     ]
-    return {k: sum(r[k] for r in rows) / len(rows) for k in keys}
+    return load_metrics(run_dir).table.loc[steps, keys].mean()
 
 
 def micro_batch_table(root: Path) -> str:
-    before = _means(root / "micro_batch_before" / "zero2_micro2" / "metrics.jsonl")
-    after = _means(root / "zero_six" / "runs" / "zero2_no_offload" / "seed7777" / "metrics.jsonl")
+    before = _means(root / "micro_batch_before" / "zero2_micro2")
+    after = _means(root / "zero_six" / "runs" / "zero2_no_offload" / "seed7777")
     rows = []
     for name, m in [
         ("micro 2 (update), 1 (log-prob): reference", before),
@@ -90,7 +82,7 @@ def micro_batch_table(root: Path) -> str:
                 "peak alloc GiB": round(m["perf/max_memory_allocated_gb"], 1),
             }
         )
-    return _markdown(pd.DataFrame(rows))
+    return pd.DataFrame(rows).to_markdown(index=False)
 
 
 def main() -> None:
