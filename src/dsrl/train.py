@@ -6,6 +6,7 @@ minutes of model loading on every rank.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import sys
@@ -26,6 +27,9 @@ def resolve_device(kind: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # A rank killed by a native abort (SIGABRT/SIGSEGV in torch, gloo or DeepSpeed's C++) otherwise dies with one
+    # line such as "terminate called without an active exception"; this prints every thread's Python stack first.
+    faulthandler.enable()
     rank = int(os.environ.get("RANK", 0))
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING,
