@@ -17,7 +17,8 @@ bin=/tmp/dsrl-bin
 mkdir -p "$bin"
 printf '#!/bin/sh\nexec python3 -m dsrl.cli "$@"\n' >"$bin/dsrl"
 chmod +x "$bin/dsrl"
-export PATH="$bin:$PATH" HF_HUB_OFFLINE=1 DSRL_CACHE_DIR=/tmp/dsrl-cache
+# vLLM (benchmarks/vllm_gpu_session.sh unpacked it into /tmp/site) is built without flashinfer's sampler.
+export PATH="$bin:$PATH" HF_HUB_OFFLINE=1 DSRL_CACHE_DIR=/tmp/dsrl-cache VLLM_USE_FLASHINFER_SAMPLER=0
 [ -f .device/state/results.tar.gz ] && tar xzf .device/state/results.tar.gz
 [ -f .device/state/ext.tar.gz ] && tar xzf .device/state/ext.tar.gz -C /tmp
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/device.txt"

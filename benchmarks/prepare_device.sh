@@ -25,6 +25,13 @@ pins=()
 for name in $names; do pins+=("$(pin "$name")"); done
 ../shared/device/prepare.sh "${pins[@]}"
 python3 -m pip wheel -q --no-deps -w .device/wheels "$(pin connection-pool)"
+# pulp carries CBC solver binaries for five platforms (16 MiB); the device is x86-64 Linux. The smaller bundle
+# rides in one call beside the last part of the vLLM bundle (../shared/device/vllm/), under the 64 MiB a call carries.
+for w in .device/wheels/pulp-*.whl; do
+    python3 ../shared/device/vllm/trim_wheel.py "$w" .device/trimmed pulp/solverdir/cbc/win pulp/solverdir/cbc/osx \
+        pulp/solverdir/cbc/linux/i32 pulp/solverdir/cbc/linux/arm64
+    mv .device/trimmed/"$(basename "$w")" "$w" && rmdir .device/trimmed
+done
 mkdir -p .device/gsm8k
 cp "$gsm8k"/train.jsonl "$gsm8k"/test.jsonl .device/gsm8k/
 du -sh .device

@@ -30,10 +30,13 @@ GRPO_TOY = [
 ]
 # A large actor lr: step 1 must change what step 2 samples, or a stale server would go unnoticed.
 PPO = ["algorithm.adv_estimator=gae", "trainer.total_training_steps=2", "actor_rollout_ref.actor.optim.lr=1e-2"]
+# The server's own log-probs of what it sampled: equal to the trainer's old log-probs only if it runs the actor's
+# current weights (measured: max |p_server - p_trainer| ~1e-5 per token; one stale step at this lr is ~1e-2).
+LOG_PROBS = ["actor_rollout_ref.rollout.calculate_log_probs=true"]
 
 
 def server_log(run: Run) -> Path:
-    return run.run_dir / "vllm" / "server-node0.log"
+    return run.run_dir / "vllm" / "server-0.log"
 
 
 def server_port(run: Run) -> int:
@@ -85,19 +88,20 @@ def differing_metrics(a: dict, b: dict) -> list[str]:
 
 def test_ppo_resumes_as_if_uninterrupted_and_no_server_outlives_a_run(tmp_path):
     """Seeded sampling plus a weight push before the first rollout: a resumed run samples what a whole one did."""
-    ok = run_dsrl(tmp_path / "ok", *PPO, *VLLM, "trainer.save_freq=1")
+    ok = run_dsrl(tmp_path / "ok", *PPO, *VLLM, *LOG_PROBS, "trainer.save_freq=1")
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert [m["step"] for m in ok.metrics] == [1, 2]
     assert all("timing_s/update_weights" in m and m["critic/vf_loss"] == m["critic/vf_loss"] for m in ok.metrics)
+    assert all(m["training/rollout_probs_diff_max"] < 1e-3 for m in ok.metrics), ok.metrics
     assert_no_server_left(server_log(ok))
 
-    failed = run_dsrl(tmp_path / "failed", *PPO, *VLLM, "trainer.save_freq=1", "trainer.fail_at_step=2")
+    failed = run_dsrl(tmp_path / "failed", *PPO, *VLLM, *LOG_PROBS, "trainer.save_freq=1", "trainer.fail_at_step=2")
     assert failed.returncode != 0
     assert "trainer.fail_at_step=2" in failed.stderr
     assert failed.info["status"] == "failed"
     assert_no_server_left(server_log(failed))
 
-    resumed = run_dsrl(tmp_path / "failed", *PPO, *VLLM, "trainer.save_freq=1")
+    resumed = run_dsrl(tmp_path / "failed", *PPO, *VLLM, *LOG_PROBS, "trainer.save_freq=1")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stderr
     assert [m["step"] for m in resumed.metrics] == [1, 2]
@@ -132,13 +136,12 @@ KILLED_TRAINER = """
 import sys, time
 from pathlib import Path
 from dsrl.config import load_config
+from dsrl.rollout.server_layout import server_groups
 from dsrl.rollout.vllm_server import start_server
-from dsrl import dist
-import torch
 
 cfg = load_config(["data.max_prompt_length=64", "data.max_response_length=8"]).actor_rollout_ref.rollout
-launch = dist.Launch(0, 0, 1, 1, torch.device("cpu"))
-server = start_server(cfg, sys.argv[1], Path(sys.argv[2]), launch, trust_remote_code=False)
+(group,) = server_groups(1, 1, 1, "cpu")
+server = start_server(cfg, sys.argv[1], Path(sys.argv[2]), "cpu", group, trust_remote_code=False)
 print(server.proc.pid, flush=True)
 time.sleep(600)
 """

@@ -34,7 +34,7 @@ from dsrl.flops import mfu, peak_flops, train_flops
 from dsrl.metrics import MetricsWriter, Timer, console_line, memory_metrics
 from dsrl.models import resolve_model_path
 from dsrl.reward import default_compute_score, load_custom_reward_fn, score_batch
-from dsrl.rollout import Sampling, assemble_batch
+from dsrl.rollout import Sampling, assemble_batch, rollout_probs_diff
 from dsrl.rollout.hf import HFRollout
 
 log = logging.getLogger("dsrl")
@@ -231,7 +231,7 @@ class Trainer:
     def _build_rollout(self) -> None:
         rollout_cfg = self.cfg.actor_rollout_ref.rollout
         if rollout_cfg.name == "vllm":
-            from dsrl.rollout.vllm_server import VLLMServerRollout
+            from dsrl.rollout.vllm_rollout import VLLMServerRollout
 
             self.rollout = VLLMServerRollout(
                 self.actor,
@@ -426,6 +426,11 @@ class Trainer:
                     lp_tokens,
                 )
                 batch["old_log_probs"] = old_lp
+                sampler_check = (
+                    rollout_probs_diff(self.rollout.log_probs, old_lp, batch["response_mask"])
+                    if self.rollout.log_probs is not None
+                    else {}
+                )
             if self.ref is not None:
                 with timer.phase("ref"):
                     ref_tokens = arr.ref.log_prob_max_token_len_per_gpu if arr.ref.log_prob_use_dynamic_bsz else None
@@ -447,6 +452,7 @@ class Trainer:
                     )
             with timer.phase("adv"):
                 metrics = self._advantages(batch, global_idx, entropy)
+            metrics.update(sampler_check)
             if self.critic is not None:
                 with timer.phase("update_critic"):
                     metrics.update(

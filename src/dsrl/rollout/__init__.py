@@ -24,6 +24,9 @@ class Sampling:
 
 
 class Rollout(Protocol):
+    log_probs: list[list[float]] | None
+    """The sampler's log-probs of the last `generate`'s response tokens, when the backend reports them."""
+
     def generate(self, prompts: Sequence[Sequence[int]], n: int, sampling: Sampling, seed: int) -> list[list[int]]:
         """Responses in prompt-major order: prompt 0's n samples, then prompt 1's, ..."""
         ...
@@ -80,6 +83,32 @@ def assemble_batch(
         "response_mask": mask[:, plen:].float(),
     }
     return {**{k: v.to(device) for k, v in batch.items()}, **host}
+
+
+def rollout_probs_diff(
+    sampler_log_probs: Sequence[Sequence[float]], old_log_probs: torch.Tensor, response_mask: torch.Tensor
+) -> dict[str, float]:
+    """verl's `training/rollout_probs_diff_{max,mean,std}`: |p_sampler - p_trainer| per response token, over all
+    ranks. Near zero means the sampler ran the trainer's current weights; a stale server shows up at once."""
+    from dsrl import dist
+
+    sampler = torch.zeros_like(old_log_probs)
+    for i, row in enumerate(sampler_log_probs):
+        row = list(row)[: sampler.shape[1]]
+        sampler[i, : len(row)] = torch.tensor(row, dtype=sampler.dtype)
+    mask = response_mask.bool()
+    diff = (sampler.exp() - old_log_probs.float().exp()).abs()[mask].double()
+    total, count, squares = dist.all_reduce_scalars(
+        [diff.sum().item(), float(diff.numel()), diff.square().sum().item()], "sum"
+    )
+    (top,) = dist.all_reduce_scalars([diff.max().item() if diff.numel() else 0.0], "max")
+    mean = total / max(count, 1.0)
+    var = max(squares / max(count, 1.0) - mean * mean, 0.0)
+    return {
+        "training/rollout_probs_diff_max": top,
+        "training/rollout_probs_diff_mean": mean,
+        "training/rollout_probs_diff_std": var**0.5,
+    }
 
 
 def trim_response(tokens: Sequence[int], eos_ids: set[int], ignore_eos: bool = False) -> list[int]:

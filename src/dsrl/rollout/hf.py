@@ -14,6 +14,8 @@ from dsrl.rollout import Sampling, trim_response
 class HFRollout:
     """Generates with the training weights themselves, so `sync_weights` has nothing to move."""
 
+    log_probs = None  # the trainer's own forward is the sampler here
+
     def __init__(self, engine, tokenizer, device: torch.device, micro_batch: int | None = None):
         self.engine = engine
         self.device = device

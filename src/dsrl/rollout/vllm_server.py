@@ -1,20 +1,9 @@
-"""Rollout through one vLLM OpenAI-compatible server per node, the way verl's async vLLM rollout works.
+"""One vLLM OpenAI-compatible server as a child process of the trainer: its command line from verl's rollout
+knobs, its environment, start-up with a bounded wait, and a stop that takes its whole process tree along.
 
-Local rank 0 of each node starts `python -m vllm.entrypoints.openai.api_server` as a child process on 127.0.0.1
-and a free port; the node's ranks share its URL through torch.distributed and send prompt token ids to
-`/v1/completions` concurrently (`return_token_ids` hands back the sampled ids), each prompt with its own seed. Before
-the first rollout (the actor may come from a checkpoint) and after every actor update the weights are gathered from
-ZeRO-3 one layer group at a time and pushed through vLLM's weight-transfer API (`/start_weight_update`,
-`/update_weights`, `/finish_weight_update`):
-
-- CPU: the `dsrl_shm` backend (`dsrl.rollout.vllm_shm`): each group is a safetensors file in /dev/shm; the server
-  is paused around the update (sleep frees nothing on CPU).
-- GPU: vLLM's CUDA IPC backend, the server colocated on local rank 0's GPU, sleeping (KV cache and weights
-  released) between rollout and the weight update.
-
-The server dies with the trainer on every path: `close()` (the trainer calls it in `fit`'s `finally`), an atexit
-hook, and PR_SET_PDEATHSIG for a trainer killed outright; it runs in its own process group so stopping it also
-stops vLLM's engine-core children.
+The server dies with the trainer on every path: `stop()` (the rollout calls it from `close()`), an atexit hook, and
+PR_SET_PDEATHSIG for a trainer killed outright; it runs in its own process group so stopping it also stops vLLM's
+engine-core and worker children. What runs over HTTP is `dsrl.rollout.vllm_rollout`.
 """
 
 from __future__ import annotations
@@ -22,34 +11,40 @@ from __future__ import annotations
 import atexit
 import ctypes
 import json
-import logging
 import os
 import shlex
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext, suppress
+from contextlib import suppress
 from pathlib import Path
-from typing import Any
 
 import httpx
-import torch
 from omegaconf import DictConfig
 
-from dsrl import dist
 from dsrl.config import ConfigError
-from dsrl.rollout import Sampling, trim_response
-
-log = logging.getLogger("dsrl")
+from dsrl.rollout.server_layout import ServerGroup
 
 SERVED_NAME = "dsrl-actor"
-EXTENSION = "dsrl.rollout.vllm_shm.ShmWorkerExtension"
+EXTENSION = "dsrl.rollout.vllm_receiver.WorkerExtension"
 _PR_SET_PDEATHSIG = 1
+# What torchrun sets for its workers. A server that inherits them joins torchrun's rendezvous store in its own
+# one-process distributed init and hangs there (seen on 2 x H200 with vLLM 0.24).
+_TORCHRUN_VARS = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "GROUP_WORLD_SIZE",
+    "ROLE_RANK",
+    "ROLE_NAME",
+    "ROLE_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
 
 
 def free_port() -> int:
@@ -101,7 +96,7 @@ def server_args(
         "--worker-extension-cls",
         EXTENSION,
         "--weight-transfer-config",
-        json.dumps({"backend": "ipc" if device_type == "cuda" else "dsrl_shm"}),
+        json.dumps({"backend": "dsrl"}),
         "--disable-uvicorn-access-log",
     ]
     if trust_remote_code:
@@ -118,16 +113,27 @@ def server_args(
     return args
 
 
-def server_env(cfg: DictConfig, device_type: str, local_rank: int, log_path: Path) -> dict[str, str]:
-    """DSRL_VLLM_SERVER_LOG marks every process of this server (vLLM's children inherit it) for leak checks."""
-    env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "DSRL_VLLM_SERVER_LOG": str(log_path)}
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
+def server_env(
+    cfg: DictConfig, device_type: str, group: ServerGroup, log_path: Path, environ: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The trainer's environment without torchrun's variables, on the group's GPUs.
+
+    DSRL_VLLM_SERVER_LOG marks every process of this server (vLLM's children inherit it) for leak checks.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    env = {k: v for k, v in environ.items() if k not in _TORCHRUN_VARS and not k.startswith("TORCHELASTIC_")}
+    env.update(VLLM_SERVER_DEV_MODE="1", DSRL_VLLM_SERVER_LOG=str(log_path))
     if device_type == "cuda":
-        tp = int(cfg.tensor_model_parallel_size)
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        gpus = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[local_rank : local_rank + tp])
+        visible = environ.get("CUDA_VISIBLE_DEVICES")
+        gpus = visible.split(",") if visible else [str(i) for i in range(max(group.local_devices) + 1)]
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[i] for i in group.local_devices)
+        # The node's servers start (and torch.compile) at the same moment with the same config, so they would
+        # write the same compile-cache files at once; one cache per server number, still reused by the next run.
+        root = environ.get("VLLM_CACHE_ROOT", os.path.expanduser("~/.cache/vllm"))
+        env["VLLM_CACHE_ROOT"] = os.path.join(root, f"dsrl-server{group.index}")
+        if cfg.free_cache_engine:
+            # vLLM's sleep mode allocates through its own CUDA memory pool, which expandable segments break.
+            env.pop("PYTORCH_CUDA_ALLOC_CONF", None)
     else:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kv_cache_gb)
     return env
@@ -189,11 +195,15 @@ class VLLMServer:
 
 
 def start_server(
-    cfg: DictConfig, model_path: str, log_path: Path, launch: dist.Launch, trust_remote_code: bool
+    cfg: DictConfig,
+    model_path: str,
+    log_path: Path,
+    device_type: str,
+    group: ServerGroup,
+    trust_remote_code: bool,
 ) -> VLLMServer:
     """Start on a free port, retrying when another job took the port between probe and bind."""
-    device_type = launch.device.type
-    env = server_env(cfg, device_type, launch.local_rank, log_path)
+    env = server_env(cfg, device_type, group, log_path)
     for attempt in range(3):
         args = server_args(cfg, model_path, free_port(), device_type, trust_remote_code)
         server = VLLMServer(args, env, log_path)
@@ -219,216 +229,28 @@ def check_cpu_head_dim(config, model_path: str) -> None:
         )
 
 
-class LayerGroupSource:
-    """The actor's HF-named parameters, whole, one layer group at a time (a ZeRO-3 gather per group).
-
-    Subclasses vLLM's `WeightSource` at run time (`weight_source`), so the trainer imports vLLM only when the
-    vLLM rollout is used. Every rank must iterate it in lockstep: the gathers are collectives.
-    """
-
-    def __init__(self, module: torch.nn.Module, zero3: bool):
-        self.module, self.zero3 = module, zero3
-
-    def metadata(self) -> list:
-        from vllm.distributed.weight_transfer.base import ParamMeta
-
-        return [
-            ParamMeta(name, p.dtype, tuple(getattr(p, "ds_shape", p.shape)))
-            for name, p in self.module.named_parameters()
-        ]
-
-    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
-        for names, tensors in self.iter_groups():
-            yield from zip(names, tensors, strict=True)
-
-    def iter_groups(self) -> Iterator[tuple[list[str], list[torch.Tensor]]]:
-        import deepspeed
-
-        params = dict(self.module.named_parameters())
-        for group in self.groups():
-            chosen = [params[n] for n in group]
-            gather = deepspeed.zero.GatheredParameters(chosen) if self.zero3 else nullcontext()
-            with gather:
-                yield group, [p.detach().clone() for p in chosen]
+# The weight-transfer HTTP API (`/start_weight_update`, `/update_weights`, `/finish_weight_update`) that
+# `dsrl.rollout.vllm_receiver` plugs into first shipped in vLLM 0.24 (CUDA) and is in vllm-cpu 0.32.
+MIN_VLLM = {"cuda": (0, 24), "cpu": (0, 32)}
 
 
-def weight_source(module: torch.nn.Module, zero3: bool):
-    from vllm.distributed.weight_transfer.base import WeightSource
+def check_vllm_version(device_type: str) -> str:
+    """The installed vLLM distribution's version (CUDA `vllm` or `vllm-cpu`), read without importing vLLM."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    cls = type("ZeroLayerGroupSource", (LayerGroupSource, WeightSource), {})
-    return cls(module, zero3)
-
-
-class VLLMServerRollout:
-    """`Rollout` over HTTP; every rank calls every method (weight sync gathers are collectives)."""
-
-    def __init__(
-        self,
-        engine,
-        tokenizer,
-        model_path: str,
-        cfg: DictConfig,
-        run_dir: Path,
-        launch: dist.Launch,
-        trust_remote_code: bool = False,
-    ):
-        self.engine = engine
-        self.cfg = cfg
-        self.launch = launch
-        self.gpu = launch.device.type == "cuda"
-        self.sleeps = self.gpu and bool(cfg.free_cache_engine)
-        self.ships = launch.local_rank == 0
-        eos = tokenizer.eos_token_id
-        self.eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
-        self.server: VLLMServer | None = None
-        if not self.gpu:
-            check_cpu_head_dim(engine.module.config, model_path)
-        elif launch.world_size != launch.local_world_size:
-            raise ConfigError(
-                "actor_rollout_ref.rollout.name=vllm on GPU supports one node (trainer.nnodes=1) for now: the CUDA "
-                "IPC weight transfer gathers handles over the whole default process group"
-            )
-        node = launch.rank // launch.local_world_size
-        url, error = None, None
-        if self.ships:
-            try:
-                log_path = Path(run_dir) / "vllm" / f"server-node{node}.log"
-                self.server = start_server(cfg, model_path, log_path, launch, trust_remote_code)
-                url = self.server.url
-            except (RuntimeError, OSError) as exc:
-                error = str(exc)
-        shared = dist.all_gather_objects((url, error))
-        errors = [e for _, e in shared if e]
-        if errors:
-            self.close()
-            raise RuntimeError(errors[0])
-        self.url = shared[launch.rank - launch.local_rank][0]
-        if self.ships:
-            log.info("vLLM server for node %d at %s (log: %s)", node, self.url, self.server.log_path)
-        self.http = httpx.Client(base_url=self.url, timeout=None)
-        self.source = weight_source(engine.module, engine.zero_optimization_stage() == 3)
-        self._ipc = self._init_ipc() if self.gpu else None
-        self._awake = {"weights", "kv_cache"}
-        self._synced = False
-
-    # ------------------------------------------------------------------ generation
-    def generate(self, prompts: Sequence[Sequence[int]], n: int, sampling: Sampling, seed: int) -> list[list[int]]:
-        if not self._synced:
-            # The server loaded the model folder, but the actor may come from a checkpoint (a resumed run).
-            self.sync_weights()
-        self._wake("weights", "kv_cache")
-        body: dict[str, Any] = {
-            "model": SERVED_NAME,
-            "max_tokens": sampling.max_new_tokens,
-            "n": n,
-            "return_token_ids": True,
-            "ignore_eos": sampling.ignore_eos,
-            "skip_special_tokens": False,
-        }
-        if sampling.do_sample and sampling.temperature > 0:
-            body.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
-        else:
-            body.update(temperature=0.0)
-        requests = [{**body, "prompt": list(p)} for p in prompts]
-        # vLLM seeds the n samples of a request with seed, seed+1, ..., seed+n-1: give each prompt its own range, or
-        # prompts would share random streams. Seeded sampling makes a resumed run sample what an uninterrupted one did.
-        for i, r in enumerate(requests):
-            r["seed"] = (seed + i * n) % 2**63
-        out: list[list[int]] = []
-        if requests:
-            with ThreadPoolExecutor(max_workers=min(len(requests), int(self.cfg.max_num_seqs), 64)) as pool:
-                for choices in pool.map(self._complete, requests):
-                    out.extend(trim_response(c["token_ids"], self.eos_ids, sampling.ignore_eos) for c in choices)
-        if self.sleeps:
-            dist.barrier()
-            if self.ships:
-                self._post("/sleep", params={"level": 1})
-            self._awake.clear()
-        return out
-
-    def _complete(self, body: dict[str, Any]) -> list[dict[str, Any]]:
-        resp = self.http.post("/v1/completions", json=body)
-        if resp.status_code != 200:
-            raise RuntimeError(f"vLLM server {self.url}/v1/completions answered {resp.status_code}: {resp.text[:500]}")
-        return sorted(resp.json()["choices"], key=lambda c: c["index"])
-
-    def _post(self, path: str, **kwargs: Any) -> None:
-        resp = self.http.post(path, **kwargs)
-        if resp.status_code != 200:
-            raise RuntimeError(f"vLLM server {self.url}{path} answered {resp.status_code}: {resp.text[:500]}")
-
-    # ------------------------------------------------------------------ weight sync
-    def sync_weights(self) -> None:
-        """Push the actor's current weights; the node's ranks wait until its server has them."""
-        if self.gpu:
-            self._sync_gpu()
-        else:
-            self._sync_cpu()
-        if self.ships:
-            self._post("/reset_prefix_cache")
-        dist.barrier()
-        self._synced = True
-
-    def _sync_cpu(self) -> None:
-        if self.ships:
-            self._post("/pause", params={"mode": "wait"})
-            self._post("/start_weight_update")
-        for names, tensors in self.source.iter_groups():
-            if self.ships:
-                self._ship_group(names, tensors)
-        if self.ships:
-            self._post("/finish_weight_update")
-            self._post("/resume")
-
-    def _ship_group(self, names: list[str], tensors: list[torch.Tensor]) -> None:
-        from safetensors.torch import save_file
-
-        fd, path = tempfile.mkstemp(prefix="dsrl-weights-", suffix=".safetensors", dir=_shm_dir())
-        os.close(fd)
-        try:
-            save_file({n: t.contiguous().cpu() for n, t in zip(names, tensors, strict=True)}, path)
-            self._post("/update_weights", json={"update_info": {"path": path}})
-        finally:
-            os.unlink(path)
-
-    # GPU path: written against vLLM's public weight-transfer API; not exercised by the CPU test suite. Packed
-    # mode streams the layer groups through a fixed-size staging buffer instead of holding the whole model.
-    def _init_ipc(self):
-        from vllm.distributed.weight_transfer.clients import HTTPVLLMWeightSyncClient
-        from vllm.distributed.weight_transfer.ipc_engine import IPCTrainerInitInfo, IPCTrainerWeightTransferEngine
-
-        return IPCTrainerWeightTransferEngine.trainer_init(
-            IPCTrainerInitInfo(rank=self.launch.rank, packed=True),
-            client=HTTPVLLMWeightSyncClient(self.url),
-            source=self.source,
+    found = None
+    for dist_name in ("vllm", "vllm-cpu"):
+        with suppress(PackageNotFoundError):
+            found = (dist_name, version(dist_name))
+            break
+    want = MIN_VLLM["cuda" if device_type == "cuda" else "cpu"]
+    need = f"vllm >= {want[0]}.{want[1]}" if device_type == "cuda" else f"vllm-cpu >= {want[0]}.{want[1]}"
+    if found is None:
+        raise ConfigError(f"actor_rollout_ref.rollout.name=vllm needs {need} installed in the trainer environment")
+    release = tuple(int(p) for p in found[1].split("+")[0].split(".")[:2] if p.isdigit())
+    if release < want:
+        raise ConfigError(
+            f"actor_rollout_ref.rollout.name=vllm needs {need}; found {found[0]} {found[1]} (its weight-transfer "
+            "API is older than the one dsrl pushes weights through)"
         )
-
-    def _sync_gpu(self) -> None:
-        self._wake("weights")
-        self._ipc.send_weights()
-
-    def _wake(self, *tags: str) -> None:
-        """Wake only what the next step needs: weights for an update, the KV cache for rollout."""
-        missing = [t for t in tags if t not in self._awake]
-        if not missing:
-            return
-        if self.ships:
-            for tag in missing:
-                self._post("/wake_up", params={"tags": tag})
-        dist.barrier()
-        self._awake.update(missing)
-
-    def timings(self) -> dict[str, float]:
-        """No sub-phases of `generate` to report: the weight gather is timed as `update_weights`."""
-        return {}
-
-    def close(self) -> None:
-        if getattr(self, "http", None) is not None:
-            self.http.close()
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
-
-
-def _shm_dir() -> str | None:
-    return "/dev/shm" if os.path.isdir("/dev/shm") else None
+    return f"{found[0]} {found[1]}"
