@@ -129,7 +129,8 @@ class VLLMServerRollout:
             "skip_special_tokens": False,
         }
         if self.cfg.calculate_log_probs:
-            body["logprobs"] = 0
+            # the sampled token's log-prob only, its token as an id (no per-token detokenisation in the server)
+            body.update(logprobs=0, return_tokens_as_token_ids=True)
         if sampling.do_sample and sampling.temperature > 0:
             body.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
         else:

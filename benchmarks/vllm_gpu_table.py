@@ -1,0 +1,88 @@
+"""The vLLM-rollout tables of docs/benchmarks.md from the raw files of one device session.
+
+    .venv/bin/python benchmarks/vllm_gpu_table.py docs/benchmarks/vllm-h200x2
+
+Reads `runs/<suite>/<algo>/<case>/seed<seed>/metrics.jsonl` (the workflow's run folders) and `plain_vllm.jsonl`
+(benchmarks/vllm_plain.py), prints markdown and writes it to <dir>/tables.md. Step 1 is left out of the means: it
+holds the first weight push and one-off kernel JIT (vLLM logs a Triton compile of its log-prob kernel there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from dsrl.analysis.atomic import atomic_output
+from dsrl.analysis.logs import load_metrics
+
+PHASES = {
+    "step s": "timing_s/step",
+    "rollout s": "timing_s/gen",
+    "completions s": "timing_s/gen/requests",
+    "wake s": "timing_s/gen/wake",
+    "sleep s": "timing_s/gen/sleep",
+    "weight push s": "timing_s/update_weights",
+    "old log-prob s": "timing_s/old_log_prob",
+    "actor update s": "timing_s/update_actor",
+}
+
+
+def run_rows(root: Path) -> pd.DataFrame:
+    rows = []
+    for metrics in sorted(root.glob("runs/*/*/*/seed*/metrics.jsonl")):
+        suite, algo, case, seed = metrics.parent.relative_to(root / "runs").parts
+        table = load_metrics(metrics.parent).table
+        later = table[table.index > 1]
+        cfg = json.loads((metrics.parent / "run.json").read_text())["config"]
+        row = {
+            "suite": suite,
+            "case": case,
+            "seed": seed.removeprefix("seed"),
+            "rollout": cfg["actor_rollout_ref"]["rollout"]["name"],
+            "response tokens": cfg["data"]["max_response_length"],
+            "steps": len(table),
+        }
+        row.update({name: later[key].mean() for name, key in PHASES.items()})
+        row["weight push max s"] = later["timing_s/update_weights"].max()
+        # every rank sends train_batch_size / GPUs prompts x n to its own server
+        seqs = (
+            cfg["data"]["train_batch_size"]
+            * cfg["actor_rollout_ref"]["rollout"]["n"]
+            / cfg["trainer"]["n_gpus_per_node"]
+        )
+        row["generated tok/s/GPU"] = (later["response_length/mean"] * seqs / later["timing_s/gen/requests"]).mean()
+        row["max |p_vllm - p_trainer|"] = table["training/rollout_probs_diff_max"].max()
+        row["peak alloc GiB"] = table["perf/max_memory_allocated_gb"].max()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plain_rows(path: Path) -> pd.DataFrame:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    gen = pd.DataFrame([r for r in rows if r["what"] == "generate"])
+    out = gen.groupby(["max_tokens", "prompts", "seeded"], as_index=False).agg(
+        seconds=("seconds", "mean"), generated=("generated_tokens", "mean"), tok_s=("tokens_per_s", "mean")
+    )
+    return out.rename(columns={"max_tokens": "response tokens", "tok_s": "generated tok/s"})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("root", type=Path)
+    root = ap.parse_args().root
+    runs = run_rows(root)
+    plain = plain_rows(root / "plain_vllm.jsonl")
+    runs["max |p_vllm - p_trainer|"] = runs["max |p_vllm - p_trainer|"].map("{:.1e}".format)
+    text = "## dsrl runs (means over steps 2..N)\n\n" + runs.round(3).to_markdown(index=False)
+    text += "\n\n## plain vLLM LLM.generate on one GPU (n=4, mean of 2 timed calls)\n\n"
+    text += plain.round(3).to_markdown(index=False) + "\n"
+    print(text)
+    with atomic_output(root / "tables.md") as tmp:
+        Path(tmp).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
