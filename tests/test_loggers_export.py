@@ -1,7 +1,8 @@
 """verl's loggers and the trained actor as a Hugging Face folder, on real 2-rank CPU runs (one per ZeRO stage).
 
-The runs train in fp32 with a large learning rate, so exported weights must match the trainer's to fp32 precision
-and visibly differ from the initial model. The ZeRO-3 run has every logger on.
+The runs train in fp32 with a large learning rate and an entropy bonus (a gradient even when every score is 0), so
+exported weights must match the trainer's to fp32 precision and visibly differ from the initial model. The ZeRO-3
+run has every logger on.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def _args(stage: int) -> list[str]:
         "trainer.total_training_steps=1",
         "trainer.save_freq=1",
         "actor_rollout_ref.actor.optim.lr=1e-2",
+        "actor_rollout_ref.actor.entropy_coeff=0.01",
         f"actor_rollout_ref.actor.deepspeed.zero_stage={stage}",
         "actor_rollout_ref.actor.deepspeed.mixed_precision=fp32",
         "trainer.project_name=dsrl_tests",

@@ -7,7 +7,6 @@ forward used (bf16 masters round to the bf16 module weights) and `dtype=torch.fl
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import shutil
 from pathlib import Path
@@ -25,24 +24,17 @@ def gather_fp32_state_dict(engine: Any, is_main: bool) -> dict[str, torch.Tensor
 
     DeepSpeed's `safe_get_full_fp32_param` assembles one parameter's master copy at a time on the device (ZeRO-1/2
     all-reduce its fragments, ZeRO-3 gathers its partitions); rank 0 copies it to CPU before the next one, so a
-    GPU never holds more than the model plus one parameter. Without an optimizer partition (ZeRO-0 in fp32) the
-    parameter itself is the master copy.
+    GPU never holds more than the model plus one parameter. Without a partitioned optimizer (ZeRO-0 in fp32) the
+    parameter itself is the master copy (ZeRO-3 parameters always have one).
     """
-    import deepspeed
     from deepspeed.utils import safe_get_full_fp32_param
 
     module = engine.module
     state: dict[str, torch.Tensor] = {}
     for name, param in module.named_parameters():
-        full = safe_get_full_fp32_param(param)
-        if full is None:
-            gathered = deepspeed.zero.GatheredParameters([param]) if hasattr(param, "ds_id") else None
-            with gathered or contextlib.nullcontext():
-                if is_main:
-                    state[name] = param.detach().to("cpu", torch.float32, copy=True)
-            continue
+        full = safe_get_full_fp32_param(param)  # collective for ZeRO-1/2/3; None: no partitioned optimizer
         if is_main:
-            state[name] = full.detach().to("cpu", torch.float32, copy=True)
+            state[name] = (param if full is None else full).detach().to("cpu", torch.float32, copy=True)
         del full
     persistent = set(module.state_dict().keys())
     for name, buf in module.named_buffers():
