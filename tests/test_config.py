@@ -159,7 +159,8 @@ def test_parse_value(text, value):
         ("actor_rollout_ref.rollout.n=0", "rollout.n=0 must be >= 1"),
         ("algorithm.adv_estimator=reinforce", "valid: gae, grpo"),
         ("critic.enable=maybe", "critic.enable='maybe' must be a boolean"),
-        ("trainer.logger=[console,wandb]", "'wandb' is not supported"),
+        ("trainer.logger=[console,swanlab]", "'swanlab' is not supported"),
+        ("actor_rollout_ref.actor.checkpoint.save_contents=[model,hf_model]", "always hold model, optimizer and extra"),
         ("~trainer.seed", "not supported"),
     ],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -9,6 +10,7 @@ import pytest
 
 pytest.importorskip("deepspeed")
 
+from logger_files import mlflow_run, tensorboard_scalars, wandb_history  # noqa: E402
 from trainer_runs import TOY_REWARD, run_dsrl  # noqa: E402
 
 pytestmark = [pytest.mark.train, pytest.mark.slow]
@@ -173,12 +175,18 @@ def test_resume_after_a_failure_reproduces_the_uninterrupted_run(tmp_path):
     ]
     whole = run_dsrl(tmp_path / "whole", *args)
     assert whole.returncode == 0, whole.stderr[-3000:]
-    broken = run_dsrl(tmp_path / "broken", *args, "trainer.fail_at_step=3")
+    # the interrupted run also logs to tensorboard, wandb and mlflow: the resumed one must continue those runs
+    loggers = ["trainer.logger=[console,tensorboard,wandb,mlflow]"]
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    broken = run_dsrl(tmp_path / "broken", *args, *loggers, "trainer.fail_at_step=3", env=env)
     assert broken.returncode != 0
     assert broken.info["status"] == "failed" and "injected failure" in broken.info["error"]
     assert [m["step"] for m in broken.metrics] == [1, 2]
-    resumed = run_dsrl(tmp_path / "broken", *args)
+    ids = json.loads((tmp_path / "broken" / "loggers.json").read_text())
+    resumed = run_dsrl(tmp_path / "broken", *args, *loggers, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((tmp_path / "broken" / "loggers.json").read_text()) == ids
+    _assert_loggers_continued(resumed, ids)
     assert "resumed from" in resumed.stderr
     assert [m["step"] for m in resumed.metrics] == [1, 2, 3, 4]
     assert "val-core/dsrl/synthetic_gsm8k/reward/mean@1" in resumed.step(4)
@@ -188,6 +196,19 @@ def test_resume_after_a_failure_reproduces_the_uninterrupted_run(tmp_path):
             if key.startswith(("timing_s/", "perf/")):
                 continue
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (step, key)
+
+
+def _assert_loggers_continued(run, ids: dict[str, str]) -> None:
+    """One wandb run and one mlflow run hold steps 1-4; tensorboard shows each step once, the resumed values."""
+    key = "critic/score/mean"
+    scalars = tensorboard_scalars(run.run_dir / "tensorboard")
+    assert sorted(scalars) == [1, 2, 3, 4]
+    for step in (3, 4):
+        assert scalars[step][key] == pytest.approx(run.step(step)[key], abs=1e-6)
+    history = wandb_history(run.run_dir)
+    assert list(history) == [ids["wandb"]] and sorted(history[ids["wandb"]]) == [1, 2, 3, 4]
+    client, mlrun = mlflow_run(run.run_dir, ids["mlflow"])
+    assert [m.step for m in client.get_metric_history(mlrun.info.run_id, key)] == [1, 2, 3, 4]
 
 
 def test_launch_shape_mismatch_fails_before_any_process_starts(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,16 @@ def latest(root: Path) -> Path | None:
     return root / f"{PREFIX}{steps[-1]}" if steps else None
 
 
-def save(root: Path, step: int, engines: dict[str, Any], state: dict[str, Any], rank: int, keep: int | None) -> Path:
-    """Collective: every rank calls it with the same engines; rank 0 publishes and prunes."""
+def save(
+    root: Path,
+    step: int,
+    engines: dict[str, Any],
+    state: dict[str, Any],
+    rank: int,
+    keep: int | None,
+    write_extra: Callable[[Path], None] | None = None,
+) -> Path:
+    """Collective: every rank calls it with the same engines; rank 0 adds `write_extra`'s files, publishes, prunes."""
     final = root / f"{PREFIX}{step}"
     tmp = root / f".{PREFIX}{step}.partial"
     if rank == 0:
@@ -51,6 +60,8 @@ def save(root: Path, step: int, engines: dict[str, Any], state: dict[str, Any], 
     torch.save(state, tmp / f"trainer_state_rank{rank}.pt")
     dist.barrier()
     if rank == 0:
+        if write_extra is not None:
+            write_extra(tmp)
         (tmp / MARKER).write_text(f"{step}\n")
         if final.exists():
             shutil.rmtree(final)

@@ -1,4 +1,4 @@
-"""The `dsrl` command: `dsrl train` (a torchrun launcher) and `dsrl prepare-data`.
+"""The `dsrl` command: `dsrl train` (a torchrun launcher), `dsrl prepare-data` and `dsrl export`.
 
 Importing this module needs no torch, so `dsrl prepare-data` also works in the workflow environment.
 """
@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 from dsrl.config import ConfigError, load_config, parse_override
+from dsrl.loggers import check_packages, logger_names
 
 # torchrun's multi-node rendezvous flags, passed through verbatim.
 RDZV_FLAGS = (
@@ -79,7 +80,8 @@ def train_command(argv: list[str]) -> list[str]:
         raise ConfigError(f"trainer.nnodes={explicit_nodes} but --nnodes {nnodes}: make them agree")
     overrides = [o for o in overrides if _key_of(o) not in ("trainer.n_gpus_per_node", "trainer.nnodes")]
     overrides += [f"trainer.n_gpus_per_node={nproc}", f"trainer.nnodes={nnodes}"]
-    load_config(overrides)  # fail here, before any process starts
+    cfg = load_config(overrides)  # fail here, before any process starts
+    check_packages(logger_names(cfg.trainer.logger))
 
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
     rdzv = {flag: getattr(args, flag[2:].replace("-", "_")) for flag in RDZV_FLAGS}
@@ -96,13 +98,38 @@ def _key_of(arg: str) -> str | None:
     return arg.split("=", 1)[0].lstrip("+")
 
 
+def export_command(argv: list[str]) -> int:
+    """`dsrl export CHECKPOINT_DIR OUT_DIR`: the actor of any saved checkpoint (ZeRO-1/2/3) as a HF folder."""
+    parser = argparse.ArgumentParser(
+        prog="dsrl export", description="Convert a saved DeepSpeed actor checkpoint to a Hugging Face model folder."
+    )
+    parser.add_argument("checkpoint_dir", help="a step folder (.../checkpoints/global_step_N) or its actor/ folder")
+    parser.add_argument("out_dir", help="where to write safetensors + config + tokenizer")
+    parser.add_argument(
+        "--base-model",
+        default=None,
+        help="HF folder or hub id to take config and tokenizer from, for checkpoints without a huggingface/ folder",
+    )
+    args = parser.parse_args(argv)
+    from dsrl.hf_export import export_checkpoint
+
+    try:
+        out = export_checkpoint(args.checkpoint_dir, args.out_dir, args.base_model)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"dsrl export: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"dsrl export: wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(
-            "usage: dsrl {train,prepare-data} ...\n\n"
+            "usage: dsrl {train,prepare-data,export} ...\n\n"
             "  train         launch a PPO/GRPO run under torchrun (dsrl train --help)\n"
-            "  prepare-data  write GSM8K train/test parquet files (dsrl prepare-data --help)"
+            "  prepare-data  write GSM8K train/test parquet files (dsrl prepare-data --help)\n"
+            "  export        convert a saved DeepSpeed checkpoint to a Hugging Face folder (dsrl export --help)"
         )
         return 0
     sub, rest = argv[0], argv[1:]
@@ -130,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             proc.terminate()
             return proc.wait()
-    print(f"dsrl: unknown command {sub!r} (valid: train, prepare-data)", file=sys.stderr)
+    if sub == "export":
+        return export_command(rest)
+    print(f"dsrl: unknown command {sub!r} (valid: train, prepare-data, export)", file=sys.stderr)
     return 2
 
 

@@ -28,10 +28,15 @@ def console_line(step: int, metrics: Mapping[str, float]) -> str:
 
 
 class MetricsWriter:
-    """Appends one JSON object per step and flushes it, so a crash loses at most the step in flight."""
+    """Appends one JSON object per step and flushes it, so a crash loses at most the step in flight.
 
-    def __init__(self, path: Path, truncate_after_step: int | None = None):
+    Rows are flat (`{"step": N, key: value, ...}`), or with `nest` verl's file-logger layout (`{"step": N, "data":
+    {...}}`).
+    """
+
+    def __init__(self, path: Path, truncate_after_step: int | None = None, nest: bool = False):
         self.path = path
+        self.nest = nest
         path.parent.mkdir(parents=True, exist_ok=True)
         if truncate_after_step is not None and path.exists():
             self._truncate(truncate_after_step)
@@ -52,7 +57,8 @@ class MetricsWriter:
         write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
-        row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
+        values = {k: _jsonable(v) for k, v in metrics.items()}
+        row = {"step": step, "data": values} if self.nest else {"step": step, **values}
         self._fh.write(json.dumps(row) + "\n")
         self._fh.flush()
 

@@ -24,14 +24,15 @@ import torch
 from omegaconf import DictConfig
 
 from dsrl import algorithms as algos
-from dsrl import atomic, checkpoint, dist
+from dsrl import atomic, checkpoint, dist, hf_export
 from dsrl import workers as W
 from dsrl.batching import BatchPlan, plan_batches
-from dsrl.config import ConfigError, to_container, use_critic
+from dsrl.config import ConfigError, save_hf_model, to_container, use_critic
 from dsrl.data import PromptBatcher, encode_prompts, prepare_gsm8k, read_prompts
 from dsrl.engines import DTYPES, EngineSpec, build_spec, initialize, load_model, lr_lambda, model_states_estimate
 from dsrl.flops import mfu, peak_flops, train_flops
-from dsrl.metrics import MetricsWriter, Timer, console_line, memory_metrics
+from dsrl.loggers import Tracking, logger_names
+from dsrl.metrics import MetricsWriter, Timer, memory_metrics
 from dsrl.models import resolve_model_path
 from dsrl.reward import default_compute_score, load_custom_reward_fn, score_batch
 from dsrl.rollout import Sampling, assemble_batch, rollout_probs_diff
@@ -89,6 +90,8 @@ class Trainer:
         actor_cfg = cfg.actor_rollout_ref.actor
         self.use_ref = bool(actor_cfg.use_kl_loss or cfg.algorithm.use_kl_in_reward)
         self._preempt = False
+        self._hf_saved_at: int | None = None
+        self.tracking: Tracking | None = None
         _seed_all(self.seed)
 
         self._prepare_data_and_model()
@@ -343,7 +346,24 @@ class Trainer:
             "kl_ctrl": self.kl_ctrl.state_dict(),
             "rng": _rng_state(),
         }
-        checkpoint.save(self._ckpt_root(), step, self.engines, state, self.launch.rank, self._keep())
+        checkpoint.save(
+            self._ckpt_root(), step, self.engines, state, self.launch.rank, self._keep(), self._write_hf_config
+        )
+        if save_hf_model(self.cfg):
+            self._save_hf(step)
+
+    def _write_hf_config(self, ckpt: Path) -> None:
+        """The actor's HF config and tokenizer beside its DeepSpeed checkpoint, for `dsrl export` (as verl does)."""
+        hf_export.save_config_and_tokenizer(self.actor.module.config, self.tokenizer, ckpt / "actor" / "huggingface")
+
+    def _save_hf(self, step: int) -> None:
+        """`<run_dir>/actor_hf/`: the actor's fp32 weights gathered one parameter at a time (collective)."""
+        state = hf_export.gather_fp32_state_dict(self.actor, self.launch.is_main)
+        if state is not None:
+            hf_export.save_hf_folder(self.actor.module.config, self.tokenizer, state, self.run_dir / "actor_hf")
+            log.info("step %d: actor saved as a Hugging Face model in %s", step, self.run_dir / "actor_hf")
+        self._hf_saved_at = step
+        dist.barrier()
 
     def maybe_resume(self) -> int:
         """Return the last completed step (0 for a fresh run) after restoring from a checkpoint if asked."""
@@ -601,6 +621,7 @@ class Trainer:
         progress = _progress(cfg.trainer.progress, self.launch.is_main, self.total_steps, start)
         last = start
         try:
+            self._start_tracking(start)
             if start == 0 and self.val_ids and cfg.trainer.val_before_train:
                 self._emit(writer, 0, self.validate())
             for step in range(start + 1, self.total_steps + 1):
@@ -627,6 +648,8 @@ class Trainer:
                         f"SIGTERM received: stopped after step {step}"
                         + (" (checkpoint saved)" if cfg.trainer.save_on_preempt else "")
                     )
+            if save_hf_model(cfg) and self._hf_saved_at != last:
+                self._save_hf(last)
         except BaseException as exc:
             error = exc
             if isinstance(exc, RuntimeError) and _is_timeout(exc):
@@ -645,8 +668,31 @@ class Trainer:
                 progress.close()
             if writer:
                 writer.close()
+            if self.tracking:
+                self.tracking.close()
         self._write_run_json("completed", last)
         return last
+
+    def _start_tracking(self, start: int) -> None:
+        """Rank 0 starts the `trainer.logger` backends; every rank learns whether that worked, so none hangs."""
+        error = None
+        if self.launch.is_main:
+            cfg = self.cfg
+            try:
+                self.tracking = Tracking(
+                    logger_names(cfg.trainer.logger),
+                    project=str(cfg.trainer.project_name),
+                    experiment=str(cfg.trainer.experiment_name),
+                    run_dir=self.run_dir,
+                    config=to_container(cfg),
+                    start=start,
+                )
+            except Exception as exc:
+                error = exc
+        if dist.all_reduce_scalars([float(error is not None)], "max")[0]:
+            if error is not None:
+                raise error
+            raise RuntimeError("rank 0 could not start the trainer.logger backends (see its log)")
 
     def _inject_faults(self, step: int) -> None:
         """Fault injection for reliability tests: fail every rank, or stall one rank inside the step."""
@@ -662,8 +708,8 @@ class Trainer:
         if writer is None:
             return
         writer.write(step, metrics)
-        if "console" in list(self.cfg.trainer.logger):
-            print(console_line(step, metrics), flush=True)
+        if self.tracking:
+            self.tracking.log(step, metrics)
 
 
 def _is_timeout(exc: BaseException) -> bool:

@@ -93,6 +93,11 @@ for _section in DS_SECTIONS:
     CHOICES[f"{_section}.mixed_precision"] = ("bf16", "fp16", "fp32")
     CHOICES[f"{_section}.torch_adam"] = ("auto", True, False)
 
+# verl's trainer.logger backends that dsrl implements (dsrl.loggers).
+LOGGERS = ("console", "file", "tensorboard", "wandb", "mlflow")
+# verl's checkpoint.save_contents entries; hf_model adds <run_dir>/actor_hf (as trainer.save_hf_model=True does).
+SAVE_CONTENTS = ("model", "optimizer", "extra", "hf_model")
+
 # verl environment knobs -> the config keys they set (for actor and critic alike).
 ENV_KNOBS: dict[str, str] = {
     "VERL_ENABLE_PARAM_OFFLOAD": "param_offload",
@@ -373,8 +378,21 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.dist_timeout={cfg.trainer.dist_timeout} must be > 0 seconds")
     loggers = list(cfg.trainer.logger) if isinstance(cfg.trainer.logger, ListConfig) else [cfg.trainer.logger]
     for name in loggers:
-        if name not in ("console", "file"):
-            raise ConfigError(f"trainer.logger entry {name!r} is not supported in dsrl (valid: console, file)")
+        if name not in LOGGERS:
+            raise ConfigError(f"trainer.logger entry {name!r} is not supported in dsrl (valid: {', '.join(LOGGERS)})")
+    contents = list(cfg.actor_rollout_ref.actor.checkpoint.save_contents)
+    unknown = [c for c in contents if c not in SAVE_CONTENTS]
+    lacking = [c for c in ("model", "optimizer", "extra") if c not in contents]
+    if unknown or lacking:
+        raise ConfigError(
+            f"actor_rollout_ref.actor.checkpoint.save_contents={contents} is not supported in dsrl: checkpoints "
+            f"always hold model, optimizer and extra (resumable); add hf_model for a Hugging Face folder"
+        )
+
+
+def save_hf_model(cfg: DictConfig) -> bool:
+    """dsrl's `trainer.save_hf_model`, or verl's `hf_model` in the actor's `checkpoint.save_contents`."""
+    return bool(cfg.trainer.save_hf_model) or "hf_model" in cfg.actor_rollout_ref.actor.checkpoint.save_contents
 
 
 def use_critic(cfg: DictConfig) -> bool:
