@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/vllm_gpu_table.py docs/benchmarks/vllm-h200x2
 
 Reads `runs/<suite>/<algo>/<case>/seed<seed>/metrics.jsonl` (the workflow's run folders) and `plain_vllm.jsonl`
-(benchmarks/vllm_plain.py), prints markdown and writes it to <dir>/tables.md. Step 1 is left out of the means: it
-holds the first weight push and one-off kernel JIT (vLLM logs a Triton compile of its log-prob kernel there).
+(benchmarks/vllm_plain.py), prints markdown and writes it to <dir>/tables.md. Per-step figures are medians over
+steps 2..N: step 1 holds the first weight push and one-off kernel JIT (vLLM logs a Triton compile of its log-prob
+kernel there), and HF `generate` still warms up at step 2.
 """
 
 from __future__ import annotations
@@ -45,16 +46,17 @@ def run_rows(root: Path) -> pd.DataFrame:
             "response tokens": cfg["data"]["max_response_length"],
             "steps": len(table),
         }
-        row.update({name: later[key].mean() for name, key in PHASES.items()})
-        row["weight push max s"] = later["timing_s/update_weights"].max()
+        row.update({name: later[key].median() if key in later else None for name, key in PHASES.items()})
+        row["weight push max s"] = later["timing_s/update_weights"].max() if row["rollout"] == "vllm" else None
         # every rank sends train_batch_size / GPUs prompts x n to its own server
         seqs = (
             cfg["data"]["train_batch_size"]
             * cfg["actor_rollout_ref"]["rollout"]["n"]
             / cfg["trainer"]["n_gpus_per_node"]
         )
-        row["generated tok/s/GPU"] = (later["response_length/mean"] * seqs / later["timing_s/gen/requests"]).mean()
-        row["max |p_vllm - p_trainer|"] = table["training/rollout_probs_diff_max"].max()
+        generating = later.get("timing_s/gen/requests", later["timing_s/gen"])
+        row["generated tok/s/GPU"] = (later["response_length/mean"] * seqs / generating).median()
+        row["max |p_vllm - p_trainer|"] = table.get("training/rollout_probs_diff_max", pd.Series(dtype=float)).max()
         row["peak alloc GiB"] = table["perf/max_memory_allocated_gb"].max()
         rows.append(row)
     return pd.DataFrame(rows)
@@ -76,7 +78,7 @@ def main() -> None:
     runs = run_rows(root)
     plain = plain_rows(root / "plain_vllm.jsonl")
     runs["max |p_vllm - p_trainer|"] = runs["max |p_vllm - p_trainer|"].map("{:.1e}".format)
-    text = "## dsrl runs (means over steps 2..N)\n\n" + runs.round(3).to_markdown(index=False)
+    text = "## dsrl runs (medians over steps 2..N)\n\n" + runs.round(3).to_markdown(index=False)
     text += "\n\n## plain vLLM LLM.generate on one GPU (n=4, mean of 2 timed calls)\n\n"
     text += plain.round(3).to_markdown(index=False) + "\n"
     print(text)
