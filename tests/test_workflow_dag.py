@@ -106,6 +106,7 @@ def test_default_dag_job_counts(workdir):
         "parse_run": runs,
         "summary": 2,
         "compare": 1,
+        "parity": 2,
         "suite_overall": 2,
         "overall": 1,
         "plot_curves": 2 * 2,
@@ -114,7 +115,7 @@ def test_default_dag_job_counts(workdir):
         "plot_timings": 2,
         "plot_deltas": 1,
         "all": 1,
-        "total": 1 + 2 * runs + 2 + 1 + 2 + 1 + 4 + 2 + 2 + 2 + 1 + 1,
+        "total": 1 + 2 * runs + 2 + 1 + 2 + 2 + 1 + 4 + 2 + 2 + 2 + 1 + 1,
     }
 
 
