@@ -22,6 +22,7 @@ localrules:
     import_run,
     summary,
     compare,
+    parity,
     suite_overall,
     overall,
     plot_curves,

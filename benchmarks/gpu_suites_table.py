@@ -1,4 +1,4 @@
-"""The GPU-suite tables of docs/benchmarks.md from a suite's summary.tsv (and the micro-batch "before" run).
+"""The GPU-suite tables of docs/benchmarks.md from the suites' summary.tsv and runs (and the micro-batch "before" run).
 
     .venv/bin/python benchmarks/gpu_suites_table.py docs/benchmarks/gpu-h200x2
 
@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from dsrl.analysis import gate
 from dsrl.analysis.atomic import atomic_output
 from dsrl.analysis.logs import load_metrics
+from dsrl.analysis.parity import TOLERANCES, parity_table
+from dsrl.analysis.summary import RunRecord
 from dsrl.analysis.tasks import read_tsv
 
 ORDER = [
@@ -85,6 +88,41 @@ def micro_batch_table(root: Path) -> str:
     return pd.DataFrame(rows).to_markdown(index=False)
 
 
+def gate_table(suite_dir: Path, baseline: str = "zero1_no_offload", candidate: str = "zero2_no_offload") -> str:
+    """The gate beside its equivalence test, recomputed from summary.tsv with the suite's threshold and metric."""
+    summary = read_tsv(suite_dir / "summary.tsv")
+    settings = read_tsv(suite_dir / "overall.tsv").set_index("metric")["value"]
+    threshold, metric = float(settings["threshold"]), settings["gate_metric"]
+    pairs = gate.with_equivalence(gate.compare_pairs(summary, baseline, candidate), metric, threshold)
+    rows = gate.overall_rows(summary, int(settings["target_step"]), pairs, threshold, metric)
+    r = rows.set_index("metric")["value"]
+    table = {
+        "gate": f"{candidate} - {baseline}, {metric}",
+        "seeds": r["n_paired_seeds"],
+        "mean delta": f"{r['mean_delta']:.2g}",
+        "threshold": r["threshold"],
+        "gate_pass": r["gate_pass"],
+        "TOST p": f"{r['equivalence_p']:.2g}",
+        "verdict": r["equivalence_verdict"],
+        "90 % CI": f"[{r['equivalence_ci90_low']:.2g}, {r['equivalence_ci90_high']:.2g}]",
+        "delta sd": f"{r['delta_sd']:.2g}",
+        "baseline seed sd": f"{r['baseline_seed_sd']:.2g}",
+        "seeds needed": r["seeds_needed"],
+    }
+    return pd.DataFrame([table]).to_markdown(index=False)
+
+
+def suite_parity_table(suite_dir: Path, baseline: str = "zero1_no_offload") -> str:
+    """parity.tsv's check on the suite's raw runs (<suite>/runs/<case>/seed<N>), at the GPU tolerance."""
+    records = [
+        RunRecord(run.parent.name, "grpo", int(run.name.removeprefix("seed")), load_metrics(run).table)
+        for run in sorted(suite_dir.glob("runs/*/seed*"))
+    ]
+    table = parity_table(records, baseline, TOLERANCES["cuda"])
+    table = table[table["case"].isin(ORDER)].drop(columns=["algo", "baseline", "step"])
+    return table.to_markdown(index=False, floatfmt=".3g")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", type=Path)
@@ -95,6 +133,11 @@ def main() -> None:
             cases_table(read_tsv(root / "zero_six" / "summary.tsv")),
             "micro batching, ZeRO-2 (steps 2-5 of each run)",
             micro_batch_table(root),
+            "zero12_gate: gate and equivalence test (recomputed from summary.tsv)",
+            gate_table(root / "zero12_gate"),
+            "first-step parity vs zero1_no_offload (zero_six, then zero12_gate)",
+            suite_parity_table(root / "zero_six"),
+            suite_parity_table(root / "zero12_gate"),
         ]
     )
     print(text)

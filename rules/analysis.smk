@@ -56,8 +56,33 @@ rule compare:
     params:
         baseline=lambda wc: gate_of(wc)["baseline"],
         candidate=lambda wc: gate_of(wc)["candidate"],
+        threshold=lambda wc: gate_of(wc).get("threshold", 0.02),
+        metric=lambda wc: gate_of(wc).get("metric", "avg_score_tail5"),
     script:
         "../workflow/scripts/compare.py"
+
+
+rule parity:
+    input:
+        metrics=run_metrics,
+        run_json=run_jsons,
+    output:
+        report(
+            "results/{suite}/parity.tsv",
+            caption="../report/parity.rst",
+            category="{suite}",
+            subcategory="parity",
+        ),
+    log:
+        "results/logs/parity/{suite}.log",
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        runs=run_keys,
+        baseline=parity_baseline,
+        device=PLAN.device,
+    script:
+        "../workflow/scripts/parity.py"
 
 
 rule suite_overall:

@@ -73,6 +73,12 @@ def gate_of(wildcards):
     return gate
 
 
+def parity_baseline(wildcards):
+    """The case every other case's first step is compared with: the gate's baseline, else the suite's first case."""
+    suite = suite_of(wildcards)
+    return suite.gate["baseline"] if suite.gate else suite.runs[0].case
+
+
 def compare_input(wildcards):
     """A suite's overall.tsv includes the gate rows only when the suite has a gate."""
     return f"results/{wildcards.suite}/compare.tsv" if suite_of(wildcards).gate else []
@@ -108,6 +114,7 @@ def final_outputs():
     outputs = ["results/overall.tsv"]
     for name in PLAN.active:
         outputs += suite_plots(PLAN.suite(name))
+        outputs.append(f"results/{name}/parity.tsv")
     return outputs
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dsrl.analysis.gate import bootstrap_mean_ci, combine_overall, compare_pairs, overall_rows
+from dsrl.analysis.gate import bootstrap_mean_ci, combine_overall, compare_pairs, overall_rows, with_equivalence
 from dsrl.analysis.summary import RunRecord, summarize_run, summarize_runs, timing_phases
 
 
@@ -100,17 +100,18 @@ def test_timing_phases_leave_out_the_total_and_sub_phases():
     assert timing_phases(table) == {"gen": "timing_gen_mean_s", "update_actor": "timing_update_actor_mean_s"}
 
 
-def gate_summary(score_shift, seeds=(1, 2, 3), steps=range(1, 6)):
-    """ZeRO-1 scores s/10; ZeRO-2 scores shifted by score_shift[seed]."""
+def gate_summary(score_shift, seeds=(1, 2, 3), steps=range(1, 6), seed_noise=None):
+    """ZeRO-1 scores s/10 + seed_noise[seed]; ZeRO-2 scores shifted from those by score_shift[seed]."""
     runs = []
     for seed in seeds:
-        runs.append(record("zero1_no_offload", seed, list(steps)))
+        noise = (seed_noise or {}).get(seed, 0.0)
+        runs.append(record("zero1_no_offload", seed, list(steps), score=lambda s, n=noise: s / 10 + n))
         runs.append(
             record(
                 "zero2_no_offload",
                 seed,
                 list(steps),
-                score=lambda s, d=score_shift[seed]: s / 10 + d,
+                score=lambda s, d=score_shift[seed] + noise: s / 10 + d,
                 throughput=lambda s: 50.0 * s,
             )
         )
@@ -158,6 +159,56 @@ def test_overall_gate_fails_on_large_delta_or_missing_step():
     rows = as_dict(overall_rows(short, 5, compare_pairs(short, "zero1_no_offload", "zero2_no_offload")))
     assert rows["all_reached_target_step"] is False
     assert rows["gate_pass"] is False
+
+
+NOISE = {1: 0.05, 2: -0.04, 3: 0.0, 4: 0.02, 5: -0.03}
+"""Seed-to-seed swings of the baseline score (several points, as GSM8K scores of small models do)."""
+
+
+def gate_rows(shift, seeds=(1, 2, 3, 4, 5)):
+    summary = gate_summary(shift, seeds=seeds, seed_noise=NOISE)
+    compare = with_equivalence(compare_pairs(summary, "zero1_no_offload", "zero2_no_offload"), "avg_score_tail5", 0.02)
+    return compare, as_dict(overall_rows(summary, 5, compare, threshold=0.02))
+
+
+def test_equivalence_clear_parity_despite_seed_noise():
+    """Paired deltas stay within a few thousandths while the baseline itself swings by several points."""
+    compare, rows = gate_rows({1: 0.002, 2: -0.001, 3: 0.0, 4: 0.001, 5: -0.002})
+    assert rows["gate_pass"] is True and rows["equivalence_verdict"] == "equivalent"
+    assert rows["equivalence_p"] < 0.001
+    assert rows["baseline_seed_sd"] == pytest.approx(np.std(list(NOISE.values()), ddof=1))
+    assert rows["seeds_needed"] > 5  # had candidate and baseline varied independently, 5 seeds would not do
+    assert compare["equivalence_verdict"].tolist() == ["equivalent"] * 5
+    assert (compare["threshold"] == 0.02).all() and (compare["gate_metric"] == "avg_score_tail5").all()
+
+
+def test_equivalence_clear_difference():
+    compare, rows = gate_rows({1: 0.06, 2: 0.05, 3: 0.055, 4: 0.06, 5: 0.05})
+    assert rows["gate_pass"] is False and rows["equivalence_verdict"] == "different"
+    assert rows["equivalence_ci90_low"] > 0.02
+
+
+def test_equivalence_too_few_seeds_where_the_old_gate_passes():
+    compare, rows = gate_rows({1: 0.015, 2: -0.01}, seeds=(1, 2))
+    assert rows["gate_pass"] is True  # |mean delta| = 0.0025 <= 0.02
+    assert rows["equivalence_verdict"] == "inconclusive"
+    assert rows["equivalence_ci90_low"] < -0.02 and rows["equivalence_ci90_high"] > 0.02
+    compare, rows = gate_rows({1: 0.0}, seeds=(1,))
+    assert rows["equivalence_verdict"] == "inconclusive" and math.isnan(rows["seeds_needed"])
+
+
+def test_equivalence_per_algorithm_in_compare():
+    runs = []
+    for algo, shift in (("grpo", 0.0), ("ppo", 0.1)):
+        for seed, noise in NOISE.items():
+            runs.append(record("zero1_no_offload", seed, [1, 2, 3], algo=algo, score=lambda s, n=noise: n))
+            runs.append(record("zero2_no_offload", seed, [1, 2, 3], algo=algo, score=lambda s, d=noise + shift: d))
+    pairs = compare_pairs(summarize_runs(runs, target_step=3), "zero1_no_offload", "zero2_no_offload")
+    compare = with_equivalence(pairs, "avg_score_tail5", 0.02)
+    verdicts = compare.groupby("algo")["equivalence_verdict"].unique().to_dict()
+    assert {algo: list(v) for algo, v in verdicts.items()} == {"grpo": ["equivalent"], "ppo": ["different"]}
+    with pytest.raises(ValueError, match="gate metric"):
+        with_equivalence(pairs, "avg_throughput_tail5", 0.02)
 
 
 def test_overall_without_gate_has_no_gate_rows():

@@ -1,4 +1,4 @@
-"""Stage-aware offload and the effective DeepSpeed config (no engine is built here)."""
+"""Stage-aware offload, the effective DeepSpeed config and model loading details (no engine is built here)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ pytest.importorskip("torch")
 
 from dsrl.batching import plan_batches  # noqa: E402
 from dsrl.config import load_config  # noqa: E402
-from dsrl.engines import build_spec, lr_lambda, model_states_estimate, param_counts  # noqa: E402
+from dsrl.engines import (  # noqa: E402
+    _rebuild_rotary_buffers,
+    build_spec,
+    lr_lambda,
+    model_states_estimate,
+    param_counts,
+)
 
 pytestmark = pytest.mark.train
 
@@ -141,3 +147,28 @@ def test_model_state_estimates_follow_the_case():
     cfg = load_config(["actor_rollout_ref.actor.deepspeed.zero_stage=3"], environ={})
     ref = build_spec("ref", cfg.actor_rollout_ref.actor.deepspeed, None, None, 2, "cuda")
     assert model_states_estimate(model, ref, 2, 2)["gpu_bytes"] == 2 * p // 2
+
+
+def test_zero3_rotary_frequencies_are_rebuilt_in_fp32():
+    """zero.Init leaves the rotary inverse frequencies in bf16: ZeRO-3 then sampled other responses than ZeRO-1/2."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+    )
+    model = Qwen3ForCausalLM(config)
+    rotary = model.model.rotary_emb
+    exact = rotary.inv_freq.clone()
+    rotary.inv_freq, rotary.original_inv_freq = exact.bfloat16(), exact.bfloat16()  # as zero.Init builds them
+    assert not torch.equal(rotary.inv_freq.float(), exact)
+    _rebuild_rotary_buffers(model)
+    assert rotary.inv_freq.dtype == torch.float32 and torch.equal(rotary.inv_freq, exact)
+    assert torch.equal(rotary.original_inv_freq, exact)
+    assert not any("inv_freq" in key for key in model.state_dict())  # still non-persistent buffers

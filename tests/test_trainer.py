@@ -13,6 +13,10 @@ pytest.importorskip("deepspeed")
 from logger_files import mlflow_run, tensorboard_scalars, wandb_history  # noqa: E402
 from trainer_runs import TOY_REWARD, run_dsrl  # noqa: E402
 
+from dsrl.analysis.logs import load_metrics  # noqa: E402
+from dsrl.analysis.parity import TOLERANCES, parity_table  # noqa: E402
+from dsrl.analysis.summary import RunRecord  # noqa: E402
+
 pytestmark = [pytest.mark.train, pytest.mark.slow]
 
 CASES = [(stage, offload) for offload in ("none", "cpu") for stage in (1, 2, 3)]
@@ -120,6 +124,21 @@ def test_zero3_first_step_matches_zero1(six_case_runs, algo):
     keys = ["actor/entropy", "actor/grad_norm"] + (["critic/vf_loss"] if algo == "ppo" else [])
     for key in keys:
         assert z1[key] == pytest.approx(z3[key], rel=1e-3, abs=1e-6), key
+
+
+@pytest.mark.parametrize("algo", sorted(ALGOS))
+def test_parity_table_passes_across_the_six_cases(six_case_runs, algo):
+    """parity.tsv's check on real runs: each stage and offload mode trains ZeRO-1's first step, down to the
+    checksum of the rollout (lr 1e-3 here: step-mean losses drift, the first mini batch's must not)."""
+    records = [
+        RunRecord(f"zero{stage}_{offload}", algo, 1, load_metrics(run.run_dir).table)
+        for (run_algo, stage, offload), run in six_case_runs.items()
+        if run_algo == algo
+    ]
+    table = parity_table(records, "zero1_none", TOLERANCES["cpu"])
+    assert sorted(table["case"]) == sorted(f"zero{s}_{o}" for s, o in CASES if (s, o) != (1, "none"))
+    assert table["responses_match"].tolist() == [True] * 5, table.to_string()
+    assert table["parity_pass"].tolist() == [True] * 5, table.to_string()
 
 
 @pytest.mark.parametrize(

@@ -106,6 +106,7 @@ def test_default_dag_job_counts(workdir):
         "parse_run": runs,
         "summary": 2,
         "compare": 1,
+        "parity": 2,
         "suite_overall": 2,
         "overall": 1,
         "plot_curves": 2 * 2,
@@ -114,7 +115,7 @@ def test_default_dag_job_counts(workdir):
         "plot_timings": 2,
         "plot_deltas": 1,
         "all": 1,
-        "total": 1 + 2 * runs + 2 + 1 + 2 + 1 + 4 + 2 + 2 + 2 + 1 + 1,
+        "total": 1 + 2 * runs + 2 + 1 + 2 + 2 + 1 + 4 + 2 + 2 + 2 + 1 + 1,
     }
 
 
@@ -270,11 +271,15 @@ def test_imported_runs_are_summarized(workdir):
     config = default_config()
     config["imports"] = {"verl_zero_six": {"path": str(root.relative_to(workdir)), "steps": 3, "seed": 7777}}
     write_config(workdir, config)
-    snakemake(workdir, "-c2", "results/verl_zero_six/overall.tsv")
+    snakemake(workdir, "-c2", "results/verl_zero_six/overall.tsv", "results/verl_zero_six/parity.tsv")
     summary = pd.read_csv(workdir / "results/verl_zero_six/summary.tsv", sep="\t").set_index("case")
     assert summary.loc["zero1_no_offload", "step_target_score_mean"] == 0.3
     assert summary.loc["zero3_cpu_offload", "status"] == "incomplete"
     assert (summary["algo"] == "ppo").all() and (summary["seed"] == 7777).all()
+    parity = pd.read_csv(workdir / "results/verl_zero_six/parity.tsv", sep="\t", dtype=str)
+    assert parity[["case", "baseline", "parity_pass"]].values.tolist() == [
+        ["zero3_cpu_offload", "zero1_no_offload", "not logged"]  # verl logs carry no parity/* metrics
+    ]
     assert not list(workdir.glob("calls.log"))
 
 

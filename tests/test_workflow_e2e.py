@@ -41,6 +41,19 @@ def test_default_workflow_end_to_end(tmp_path):
     assert rows[("zero_six", "n_runs")] == "6" and rows[("zero12_gate", "n_paired_seeds")] == "3"
     assert rows[("zero_six", "all_reached_target_step")] == "True"
     assert rows[("zero12_gate", "gate_pass")] in {"True", "False"}
+    # CPU ZeRO-1 and ZeRO-2 runs are deterministic and identical: every paired delta is 0, known exactly
+    assert rows[("zero12_gate", "equivalence_verdict")] == "equivalent"
+    assert float(rows[("zero12_gate", "delta_sd")]) == 0.0
+    assert float(rows[("zero12_gate", "baseline_seed_sd")]) >= 0 and float(rows[("zero12_gate", "seeds_needed")]) >= 2
+
+    # first-step parity: ZeRO-1/2/3 with and without offload train the same first step as the baseline
+    for suite, baseline, cases in (
+        ("zero_six", "zero1_no_offload", 5),
+        ("zero12_gate", "zero1_no_offload", 3),
+    ):
+        parity = pd.read_csv(results / suite / "parity.tsv", sep="\t", dtype=str)
+        assert len(parity) == cases and (parity["baseline"] == baseline).all()
+        assert (parity["responses_match"] == "True").all() and (parity["parity_pass"] == "True").all(), parity
 
     six = pd.read_csv(results / "zero_six" / "summary.tsv", sep="\t")
     assert sorted(six["case"]) == sorted(f"zero{stage}_{off}_offload" for stage in (1, 2, 3) for off in ("no", "cpu"))

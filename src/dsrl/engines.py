@@ -187,10 +187,26 @@ def load_model(
     else:
         model = AutoModelForCausalLM.from_pretrained(path, config=config, **kwargs)
     del keep_alive
+    if spec.ds_config["zero_optimization"]["stage"] == 3:
+        _rebuild_rotary_buffers(model)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     return model
+
+
+def _rebuild_rotary_buffers(model: torch.nn.Module) -> None:
+    """Give rotary embeddings back the fp32 inverse frequencies that ``zero.Init`` rounded to 16 bits.
+
+    ``zero.Init`` creates every floating tensor in the engine's dtype, the buffers a module computes in its
+    constructor included, so a ZeRO-3 model ran its positions with bf16 frequencies and sampled different responses
+    than the same model at ZeRO-0/1/2 (found by parity.tsv). The modules are rebuilt here, outside ``zero.Init``.
+    """
+    for module in model.modules():
+        if hasattr(module, "inv_freq") and hasattr(module, "config"):
+            fresh = type(module)(config=module.config)
+            for name, buffer in fresh.named_buffers(recurse=False):
+                setattr(module, name, buffer.to(getattr(module, name).device))
 
 
 def initialize(model: torch.nn.Module, spec: EngineSpec, lr_schedule=None):

@@ -11,11 +11,15 @@ import math
 import numbers
 import resource
 import time
+import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from dsrl.atomic import write_text
+
+if TYPE_CHECKING:
+    import torch
 
 
 def console_line(step: int, metrics: Mapping[str, float]) -> str:
@@ -115,3 +119,25 @@ def memory_metrics(device_type: str) -> dict[str, float]:
         out["perf/max_memory_allocated_gb"] = peak
         out["perf/max_memory_reserved_gb"] = peak
     return out
+
+
+def parity_metrics(
+    responses: torch.Tensor, response_mask: torch.Tensor, old_log_probs: torch.Tensor
+) -> dict[str, float]:
+    """Fingerprints of a step's rollout and old log-probs over the whole (gathered) batch.
+
+    Two runs with the same seed that train the same model (ZeRO stages, offload modes) agree on them at step 1,
+    exactly on CPU and within bf16 noise on GPU; `results/<suite>/parity.tsv` compares them at no extra training.
+    A CRC32 is below 2**32, so it survives the float in metrics.jsonl and the console line exactly.
+    """
+    import torch
+
+    mask = response_mask.bool()
+    tokens = torch.where(mask, responses, -1).to("cpu", torch.int64).contiguous()
+    log_probs = old_log_probs[mask].double()
+    return {
+        "parity/response_crc32": float(zlib.crc32(tokens.numpy().tobytes())),
+        "parity/old_log_prob/mean": log_probs.mean().item(),
+        "parity/old_log_prob/min": log_probs.min().item(),
+        "parity/old_log_prob/max": log_probs.max().item(),
+    }

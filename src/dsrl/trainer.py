@@ -32,7 +32,7 @@ from dsrl.data import PromptBatcher, encode_prompts, prepare_gsm8k, read_prompts
 from dsrl.engines import DTYPES, EngineSpec, build_spec, initialize, load_model, lr_lambda, model_states_estimate
 from dsrl.flops import mfu, peak_flops, train_flops
 from dsrl.loggers import Tracking, logger_names
-from dsrl.metrics import MetricsWriter, Timer, memory_metrics
+from dsrl.metrics import MetricsWriter, Timer, memory_metrics, parity_metrics
 from dsrl.models import resolve_model_path
 from dsrl.reward import default_compute_score, load_custom_reward_fn, score_batch
 from dsrl.rollout import Sampling, assemble_batch, rollout_probs_diff
@@ -473,6 +473,11 @@ class Trainer:
             with timer.phase("adv"):
                 metrics = self._advantages(batch, global_idx, entropy)
             metrics.update(sampler_check)
+            metrics.update(
+                parity_metrics(
+                    *(dist.all_gather_rows(batch[k]) for k in ("responses", "response_mask", "old_log_probs"))
+                )
+            )
             if self.critic is not None:
                 with timer.phase("update_critic"):
                     metrics.update(

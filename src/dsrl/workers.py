@@ -196,6 +196,7 @@ def _optimize(
     """
     engine.train()
     rows: list[dict[str, torch.Tensor | float]] = []
+    first_mini = 0
     for _ in range(epochs):
         for mini_idx in _minis(batch["input_ids"].shape[0], plan):
             mini = select(batch, mini_idx)
@@ -211,7 +212,13 @@ def _optimize(
             norm = engine.get_global_grad_norm()
             if norm is not None:
                 rows.append({f"{prefix}/grad_norm": norm})
-    metrics = _mean_metrics(rows, batch["input_ids"].device)
+            first_mini = first_mini or len(rows)
+    # Losses and gradient norm of the first mini batch, before any optimizer step: cases that train the same
+    # model agree on them exactly (parity.tsv), whereas later mini batches drift with the learning rate.
+    parity = [
+        {f"parity/{k}": v for k, v in row.items() if k.endswith(("_loss", "grad_norm"))} for row in rows[:first_mini]
+    ]
+    metrics = _mean_metrics(rows + parity, batch["input_ids"].device)
     metrics[f"{prefix}/lr"] = float(engine.get_lr()[0])
     return metrics
 

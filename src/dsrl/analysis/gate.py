@@ -3,6 +3,10 @@
 Gate rule (``gate_pass``): every run of the suite reached the target step, at least one (algo, seed) pair
 exists, and ``|mean delta| <= threshold`` where delta = candidate - baseline of the gate metric
 (``avg_score_tail5`` by default) per paired (algo, seed). The bootstrap CI is reported, not used by the rule.
+
+Beside it (``dsrl.analysis.equivalence``): a paired equivalence test (TOST) at the same threshold with its verdict,
+the baseline's seed-to-seed standard deviation and the seeds that would settle the question at that noise, per
+algorithm in ``compare.tsv`` and over all pairs in ``overall.tsv``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dsrl.analysis.equivalence import ALPHA, pooled_sd, seeds_needed, tost
+
 COMPARED = [
     "step_target_score_mean",
     "avg_score_tail5",
@@ -22,6 +28,15 @@ COMPARED = [
     "peak_mem_reserved_gb",
 ]
 GATE_METRICS = ("avg_score_tail5", "step_target_score_mean")
+EQUIVALENCE_COLUMNS = [
+    "equivalence_verdict",
+    "equivalence_p",
+    "equivalence_ci90_low",
+    "equivalence_ci90_high",
+    "delta_sd",
+    "baseline_seed_sd",
+    "seeds_needed",
+]
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 
@@ -42,6 +57,37 @@ def compare_pairs(summary: pd.DataFrame, baseline: str, candidate: str) -> pd.Da
     pairs.insert(2, "baseline", baseline)
     pairs.insert(3, "candidate", candidate)
     return pairs.sort_values(keys).reset_index(drop=True)
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in GATE_METRICS:
+        raise ValueError(f"gate metric {metric!r} is not one of {GATE_METRICS}")
+
+
+def equivalence(pairs: pd.DataFrame, metric: str, threshold: float) -> dict[str, Any]:
+    """TOST of the pairs' deltas, the baseline's seed-to-seed SD (within each algorithm) and the seeds needed."""
+    test = tost(pairs[f"delta_{metric}"].to_numpy(dtype=float), threshold)
+    seed_sd = pooled_sd(pairs[f"{metric}_baseline"].to_numpy(dtype=float), list(pairs["algo"]))
+    values = [
+        test.verdict,
+        test.p_value,
+        test.ci90_low,
+        test.ci90_high,
+        test.sd,
+        seed_sd,
+        seeds_needed(seed_sd, threshold),
+    ]
+    return dict(zip(EQUIVALENCE_COLUMNS, values, strict=True))
+
+
+def with_equivalence(pairs: pd.DataFrame, metric: str, threshold: float) -> pd.DataFrame:
+    """``compare.tsv``: the pairs plus, on every row, the gate metric, threshold and its algorithm's TOST."""
+    _check_metric(metric)
+    per_algo = pd.DataFrame(
+        [{"algo": algo, **equivalence(rows, metric, threshold)} for algo, rows in pairs.groupby("algo")],
+        columns=["algo", *EQUIVALENCE_COLUMNS],
+    )
+    return pairs.assign(gate_metric=metric, threshold=threshold).merge(per_algo, on="algo", how="left")
 
 
 def bootstrap_mean_ci(
@@ -73,8 +119,7 @@ def overall_rows(
         "all_reached_target_step": reached,
     }
     if compare is not None:
-        if metric not in GATE_METRICS:
-            raise ValueError(f"gate metric {metric!r} is not one of {GATE_METRICS}")
+        _check_metric(metric)
         deltas = compare[f"delta_{metric}"].to_numpy(dtype=float)
         low, high = bootstrap_mean_ci(deltas[~np.isnan(deltas)])
         mean_delta = float(np.mean(deltas)) if len(deltas) else np.nan
@@ -89,6 +134,8 @@ def overall_rows(
             "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
             "threshold": threshold,
             "gate_pass": bool(reached and len(deltas) > 0 and abs(mean_delta) <= threshold),
+            "equivalence_alpha": ALPHA,
+            **equivalence(compare, metric, threshold),
         }
     return pd.DataFrame({"metric": list(rows), "value": list(rows.values())})
 

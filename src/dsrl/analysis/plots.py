@@ -114,21 +114,47 @@ def plot_memory(summary: pd.DataFrame, paths: Sequence[PathLike]) -> None:
     save_figure(fig, paths)
 
 
+def _equivalence_band(ax: plt.Axes, compare: pd.DataFrame, column: str) -> str:
+    """Shade the gate's [-threshold, +threshold] band and add each algorithm's mean delta with its 90 % CI (the
+    TOST interval: equivalent iff it lies inside the band); returns the verdicts for the panel title."""
+    threshold = float(compare["threshold"].iat[0])
+    ax.axhspan(-threshold, threshold, color="tab:green", alpha=0.15, label=f"equivalence band +-{threshold:g}")
+    verdicts = []
+    for i, (algo, rows) in enumerate(compare.groupby("algo")):
+        mean = float(rows[column].mean())
+        low, high = float(rows["equivalence_ci90_low"].iat[0]), float(rows["equivalence_ci90_high"].iat[0])
+        error = [[mean - low], [high - mean]] if np.isfinite([low, high]).all() else None
+        label = "mean delta, 90 % CI" if i == 0 else None
+        ax.errorbar([f"{algo} mean"], [mean], yerr=error, fmt="D", color="black", capsize=6, label=label)
+        verdict = rows["equivalence_verdict"].iat[0]
+        p_value = float(rows["equivalence_p"].iat[0])
+        verdicts.append(f"{algo}: {verdict}" + ("" if np.isnan(p_value) else f" (p={p_value:.2g})"))
+    ax.legend(fontsize="small", loc="lower right")
+    return "\n".join(verdicts)
+
+
 def plot_deltas(compare: pd.DataFrame, paths: Sequence[PathLike]) -> None:
-    """Paired candidate-minus-baseline deltas per seed for score, throughput and reserved memory."""
+    """Paired candidate-minus-baseline deltas per seed for score, throughput and reserved memory.
+
+    The gate metric's panel also shows the equivalence band and each algorithm's mean with its 90 % CI, so the
+    reader sees why the verdict (in the panel title) is what it is.
+    """
     panels = [
         ("delta_avg_score_tail5", "score, tail-5"),
         ("delta_step_target_score_mean", "score at target step"),
         ("delta_avg_throughput_tail5", "throughput, tail-5"),
         ("delta_peak_mem_reserved_gb", "peak reserved memory (GB)"),
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), layout="constrained")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.5), layout="constrained")
     title = f"{compare['candidate'].iat[0]} - {compare['baseline'].iat[0]}" if len(compare) else "no pairs"
+    gate_column = f"delta_{compare['gate_metric'].iat[0]}" if len(compare) else None
     labels = [f"{a}/{s}" for a, s in zip(compare["algo"], compare["seed"], strict=True)]
     for ax, (column, label) in zip(axes, panels, strict=True):
         values = compare[column].to_numpy(dtype=float)
         ax.bar(labels, values, color=np.where(values >= 0, "tab:blue", "tab:red"))
         ax.axhline(0, color="black", linewidth=0.8)
+        if column == gate_column:
+            label = f"{label} (gate)\n{_equivalence_band(ax, compare, column)}"
         ax.set(title=label, xlabel="algo/seed")
         ax.tick_params(axis="x", rotation=30)
     fig.suptitle(title)

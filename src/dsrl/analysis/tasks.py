@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dsrl.analysis import gate, plots
+from dsrl.analysis import gate, parity, plots
 from dsrl.analysis.atomic import atomic_output, write_tsv
 from dsrl.analysis.logs import ParseResult, last_error_line, load_metrics, parse_console_log
 from dsrl.analysis.summary import RunRecord, read_run_record, summarize_runs
@@ -77,12 +77,33 @@ def write_summary(
     write_tsv(summarize_runs(_records(runs, metrics, run_jsons), target_step), out)
 
 
+def write_parity(
+    runs: Sequence[Mapping],
+    metrics: Sequence[PathLike],
+    run_jsons: Sequence[PathLike],
+    baseline: str,
+    device: str,
+    out: PathLike,
+) -> None:
+    """``parity.tsv``: step 1 of every case vs ``baseline``, at the tolerance for ``device`` (cpu or cuda)."""
+    records = _records(runs, metrics, run_jsons)
+    write_tsv(parity.parity_table(records, baseline, parity.TOLERANCES[device]), out)
+
+
 def read_tsv(path: PathLike) -> pd.DataFrame:
     return pd.read_csv(path, sep="\t", keep_default_na=False, na_values=["nan", "NaN", ""])
 
 
-def write_compare(summary_tsv: PathLike, baseline: str, candidate: str, out: PathLike) -> None:
-    write_tsv(gate.compare_pairs(read_tsv(summary_tsv), baseline, candidate), out)
+def write_compare(
+    summary_tsv: PathLike,
+    baseline: str,
+    candidate: str,
+    out: PathLike,
+    threshold: float = 0.02,
+    metric: str = "avg_score_tail5",
+) -> None:
+    pairs = gate.compare_pairs(read_tsv(summary_tsv), baseline, candidate)
+    write_tsv(gate.with_equivalence(pairs, metric, threshold), out)
 
 
 def write_overall(
