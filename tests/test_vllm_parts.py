@@ -5,12 +5,13 @@ server reads it)."""
 from __future__ import annotations
 
 import pytest
-import torch
 
-from dsrl.config import ConfigError, load_config
-from dsrl.rollout.server_layout import group_of, server_groups
-from dsrl.rollout.vllm_server import check_vllm_version, server_env
-from dsrl.rollout.weight_push import ALIGN, BucketPacker, StagingBuffer, buffer_bytes, layer_groups
+torch = pytest.importorskip("torch")
+
+from dsrl.config import ConfigError, load_config  # noqa: E402
+from dsrl.rollout.server_layout import group_of, server_groups  # noqa: E402
+from dsrl.rollout.vllm_server import check_vllm_version, server_env  # noqa: E402
+from dsrl.rollout.weight_push import ALIGN, BucketPacker, StagingBuffer, buffer_bytes, layer_groups  # noqa: E402
 
 pytestmark = pytest.mark.train
 
