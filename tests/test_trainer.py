@@ -176,10 +176,17 @@ def test_resume_after_a_failure_reproduces_the_uninterrupted_run(tmp_path):
     broken = run_dsrl(tmp_path / "broken", *args, "trainer.fail_at_step=3")
     assert broken.returncode != 0
     assert broken.info["status"] == "failed" and "injected failure" in broken.info["error"]
+    # One console line from the rank that failed first; every rank's traceback in its file, none on the console.
+    lines = [line for line in broken.stderr.splitlines() if line.startswith("dsrl: ")]
+    assert len(lines) == 1 and "failed: RuntimeError: trainer.fail_at_step=3: injected failure" in lines[0], lines
+    assert "Traceback" not in broken.stderr and "ChildFailedError" not in broken.stderr
+    assert sorted(p.name for p in (tmp_path / "broken" / "errors").iterdir()) == ["first", "rank0.txt", "rank1.txt"]
+    assert "injected failure" in (tmp_path / "broken" / "errors" / "rank1.txt").read_text()
     assert [m["step"] for m in broken.metrics] == [1, 2]
     resumed = run_dsrl(tmp_path / "broken", *args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stderr
+    assert not (tmp_path / "broken" / "errors").exists()  # the rerun forgot the failed attempt's errors
     assert [m["step"] for m in resumed.metrics] == [1, 2, 3, 4]
     assert "val-core/dsrl/synthetic_gsm8k/reward/mean@1" in resumed.step(4)
     for step in (3, 4):

@@ -64,7 +64,7 @@ def train_command(argv: list[str]) -> list[str]:
     overrides += [f"trainer.n_gpus_per_node={nproc}", f"trainer.nnodes={nnodes}"]
     run_checks(load_config(overrides), Launch(nproc, nnodes))  # fail here, before any process starts
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+    cmd = [sys.executable, "-m", "dsrl.torchrun", f"--nproc-per-node={nproc}"]
     rdzv = {flag: getattr(args, flag[2:].replace("-", "_")) for flag in RDZV_FLAGS}
     if nnodes == 1 and not any(v for k, v in rdzv.items() if k != "--nnodes"):
         cmd.append("--standalone")  # a free rendezvous port per job: concurrent jobs on one node never clash

@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig
 
 from dsrl import algorithms as algos
-from dsrl import atomic, checkpoint, dist
+from dsrl import atomic, checkpoint, dist, failures
 from dsrl import workers as W
 from dsrl.batching import BatchPlan, plan_batches
 from dsrl.config import ConfigError, to_container, use_critic
@@ -89,6 +89,8 @@ class Trainer:
         actor_cfg = cfg.actor_rollout_ref.actor
         self.use_ref = bool(actor_cfg.use_kl_loss or cfg.algorithm.use_kl_in_reward)
         self._preempt = False
+        if launch.is_main:
+            failures.clear(self.run_dir)  # before the ranks first synchronise (in _prepare_data_and_model)
         _seed_all(self.seed)
 
         self._prepare_data_and_model()
@@ -628,8 +630,11 @@ class Trainer:
                     f"a collective waited longer than trainer.dist_timeout={cfg.trainer.dist_timeout}s after step "
                     f"{last}: another rank is stuck or died ({type(exc).__name__}: {str(exc).splitlines()[0]})"
                 )
-            status = "preempted" if isinstance(exc, Preempted) else "failed"
-            self._write_run_json(status, last, f"{type(error).__name__}: {error}")
+            text = failures.summary(error)
+            if isinstance(exc, Preempted):
+                self._write_run_json("preempted", last, text)
+            elif failures.claim_first(self.run_dir, self.launch.rank, text):  # not a peer's secondary error
+                atomic.write_json(self.run_dir / "run.json", self.run_info("failed", last, text))
             if error is exc:
                 raise
             raise error from exc
