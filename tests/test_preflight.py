@@ -93,6 +93,10 @@ CASES = {
         lambda d: [f"actor_rollout_ref.model.path={d}/model_without_config"],
         "has no config.json",
     ),
+    "tokenizer folder that does not exist": (
+        lambda d: ["actor_rollout_ref.model.tokenizer_path=/no/tokenizer"],
+        "actor_rollout_ref.model.tokenizer_path=/no/tokenizer does not exist",
+    ),
     "unknown random preset": (
         lambda d: ["actor_rollout_ref.model.path=random:huge"],
         "unknown random model preset (valid: random:tiny, random:qwen3-0.6b)",

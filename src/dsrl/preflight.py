@@ -79,7 +79,10 @@ def check_batches(cfg: DictConfig, launch: Launch) -> None:
 
 
 def _model_dir(key: str, path: str) -> Path | None:
-    """The local directory a model setting names (None for a hub id or a random preset); fails if it is not one."""
+    """The local directory a model setting names (None for a hub id or a random preset); fails if it is not one.
+
+    A tokenizer folder may lack config.json, so for `*.tokenizer_path` the folder only has to exist.
+    """
     from dsrl.models import PRESETS, RANDOM_PREFIX
 
     if path.startswith(RANDOM_PREFIX):
@@ -90,7 +93,7 @@ def _model_dir(key: str, path: str) -> Path | None:
     local = Path(path).expanduser()
     if not local.exists() and not path.startswith(("/", ".", "~")) and _HUB_ID.fullmatch(path):
         return None  # a hub id: transformers resolves (and, offline, fails on) it inside the ranks
-    if not (local / "config.json").is_file():
+    if not local.is_dir() or (not key.endswith("tokenizer_path") and not (local / "config.json").is_file()):
         what = "does not exist" if not local.exists() else f"has no config.json ({local} is not a HF model folder)"
         raise ConfigError(
             f"{key}={path} {what}; use a local Hugging Face model directory, a hub id, or random:<preset>"
