@@ -202,3 +202,13 @@ def test_launch_shape_mismatch_fails_before_any_process_starts(tmp_path):
     assert run.returncode == 2
     assert "trainer.n_gpus_per_node=4 but --nproc-per-node 2" in run.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_failure_before_training_prints_one_line_and_records_it(tmp_path):
+    """Every prompt too long (only the ranks' tokenizer can tell): both ranks fail in set-up; one line, run.json."""
+    run = run_dsrl(tmp_path, "data.max_prompt_length=8", "data.filter_overlong_prompts=True")
+    assert run.returncode == 1
+    lines = [line for line in run.stderr.splitlines() if line.startswith("dsrl: ")]
+    assert len(lines) == 1 and "failed: ValueError: all 512 prompts exceed data.max_prompt_length=8" in lines[0]
+    assert "Traceback" not in run.stderr
+    assert run.info["status"] == "failed" and "data.max_prompt_length=8" in run.info["error"]

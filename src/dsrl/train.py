@@ -11,9 +11,12 @@ import faulthandler
 import logging
 import os
 import sys
+from pathlib import Path
 
-from dsrl import failures
-from dsrl.config import ConfigError, load_config
+from omegaconf import DictConfig
+
+from dsrl import atomic, failures
+from dsrl.config import ConfigError, load_config, to_container
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -58,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     dist.init(launch, float(cfg.trainer.dist_timeout))
     code = EXIT_OK
+    trainer = None
     try:
-        Trainer(cfg, launch).fit()
+        trainer = Trainer(cfg, launch)
+        trainer.fit()
         dist.barrier()  # no rank tears the process group down while a peer is still in a collective
         dist.destroy()
     except ConfigError as exc:
@@ -70,9 +75,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dsrl: {exc}", file=sys.stderr)
         code = EXIT_PREEMPTED
     except Exception as exc:  # peers may be blocked in a collective: no teardown, exit_now closes the sockets
-        failures.report(cfg.trainer.run_dir, launch.rank, exc)
+        if failures.report(cfg.trainer.run_dir, launch.rank, exc) and trainer is None:
+            record_setup_failure(cfg, exc)  # fit() records its own failures, with the run's details
         code = EXIT_FAILED
     return code
+
+
+def record_setup_failure(cfg: DictConfig, exc: BaseException) -> None:
+    """A failure before training (loading a model, encoding prompts) still leaves a run.json that says so."""
+    info = {"status": "failed", "last_step": 0, "error": failures.summary(exc), "config": to_container(cfg)}
+    atomic.write_json(Path(cfg.trainer.run_dir) / "run.json", info)
 
 
 def exit_now(code: int) -> None:
