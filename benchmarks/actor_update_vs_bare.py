@@ -25,7 +25,7 @@ from dsrl.batching import plan_batches
 from dsrl.config import load_config
 from dsrl.engines import DTYPES, build_spec, initialize, load_model
 from dsrl.models import resolve_model_path
-from dsrl.rollout import assemble_batch
+from dsrl.rollout.batch import assemble_batch
 
 
 def _timed(fn, steps: int) -> float:

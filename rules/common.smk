@@ -6,7 +6,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from dsrl.cli import visible_gpus
+from dsrl.preflight import visible_gpus
 from dsrl.workflow_support import Plan, check_gpus_for_local_jobs
 
 validate(config, schema="../config/schema/config.schema.yaml")

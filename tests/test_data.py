@@ -162,7 +162,7 @@ def test_prepare_hub_without_datasets_says_what_to_do(tmp_path, monkeypatch):
         prepare_gsm8k("openai/gsm8k", tmp_path / "out")
 
 
-@pytest.mark.skipif(not REAL_GSM8K.is_dir(), reason="real GSM8K jsonl not available")
+@pytest.mark.skipif(not REAL_GSM8K.is_dir(), reason="real GSM8K (../shared/data/gsm8k beside the checkout) is absent")
 def test_prepare_real_gsm8k(tmp_path):
     train, test = prepare_gsm8k(str(REAL_GSM8K), tmp_path, train_size=None, test_size=None)
     train_rows, test_rows = read_prompts(train), read_prompts(test)

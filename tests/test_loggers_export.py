@@ -20,7 +20,7 @@ from trainer_runs import run_dsrl  # noqa: E402
 
 from dsrl import cli  # noqa: E402
 from dsrl import workers as W  # noqa: E402
-from dsrl.rollout import assemble_batch  # noqa: E402
+from dsrl.rollout.batch import assemble_batch  # noqa: E402
 
 pytestmark = [pytest.mark.train, pytest.mark.slow]
 

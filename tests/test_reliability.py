@@ -129,4 +129,6 @@ def test_a_stuck_rank_ends_the_job_with_a_clear_message(tmp_path):
     info = run.info
     assert info["status"] == "failed"
     assert "trainer.dist_timeout=15" in info["error"] and "stuck or died" in info["error"]
+    lines = [line for line in run.stderr.splitlines() if line.startswith("dsrl: ")]
+    assert len(lines) == 1 and lines[0].startswith("dsrl: rank 0 failed: RuntimeError: a collective waited"), lines
     assert [m["step"] for m in run.metrics] == [1]

@@ -200,6 +200,12 @@ def test_resume_after_a_failure_reproduces_the_uninterrupted_run(tmp_path):
     broken = run_dsrl(tmp_path / "broken", *args, *loggers, "trainer.fail_at_step=3", env=env)
     assert broken.returncode != 0
     assert broken.info["status"] == "failed" and "injected failure" in broken.info["error"]
+    # One console line from the rank that failed first; every rank's traceback in its file, none on the console.
+    lines = [line for line in broken.stderr.splitlines() if line.startswith("dsrl: ")]
+    assert len(lines) == 1 and "failed: RuntimeError: trainer.fail_at_step=3: injected failure" in lines[0], lines
+    assert "Traceback" not in broken.stderr and "ChildFailedError" not in broken.stderr
+    assert sorted(p.name for p in (tmp_path / "broken" / "errors").iterdir()) == ["first", "rank0.txt", "rank1.txt"]
+    assert "injected failure" in (tmp_path / "broken" / "errors" / "rank1.txt").read_text()
     assert [m["step"] for m in broken.metrics] == [1, 2]
     ids = json.loads((tmp_path / "broken" / "loggers.json").read_text())
     resumed = run_dsrl(tmp_path / "broken", *args, *loggers, env=env)
@@ -207,6 +213,7 @@ def test_resume_after_a_failure_reproduces_the_uninterrupted_run(tmp_path):
     assert json.loads((tmp_path / "broken" / "loggers.json").read_text()) == ids
     _assert_loggers_continued(resumed, ids)
     assert "resumed from" in resumed.stderr
+    assert not (tmp_path / "broken" / "errors").exists()  # the rerun forgot the failed attempt's errors
     assert [m["step"] for m in resumed.metrics] == [1, 2, 3, 4]
     assert "val-core/dsrl/synthetic_gsm8k/reward/mean@1" in resumed.step(4)
     for step in (3, 4):
@@ -235,3 +242,13 @@ def test_launch_shape_mismatch_fails_before_any_process_starts(tmp_path):
     assert run.returncode == 2
     assert "trainer.n_gpus_per_node=4 but --nproc-per-node 2" in run.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_failure_before_training_prints_one_line_and_records_it(tmp_path):
+    """Every prompt too long (only the ranks' tokenizer can tell): both ranks fail in set-up; one line, run.json."""
+    run = run_dsrl(tmp_path, "data.max_prompt_length=8", "data.filter_overlong_prompts=True")
+    assert run.returncode == 1
+    lines = [line for line in run.stderr.splitlines() if line.startswith("dsrl: ")]
+    assert len(lines) == 1 and "failed: ValueError: all 512 prompts exceed data.max_prompt_length=8" in lines[0]
+    assert "Traceback" not in run.stderr
+    assert run.info["status"] == "failed" and "data.max_prompt_length=8" in run.info["error"]

@@ -9,7 +9,8 @@ transformers = pytest.importorskip("transformers")
 
 from dsrl import workers as W  # noqa: E402
 from dsrl.models import resolve_model_path  # noqa: E402
-from dsrl.rollout import assemble_batch, trim_response  # noqa: E402
+from dsrl.rollout import trim_response  # noqa: E402
+from dsrl.rollout.batch import assemble_batch  # noqa: E402
 
 pytestmark = pytest.mark.train
 

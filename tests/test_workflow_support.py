@@ -89,6 +89,16 @@ def test_ppo_runs_use_gae(config, tmp_path):
         (lambda c: c["trainer_overrides"].update({"critic.ppo_mini_bs": 4}), r"unknown config key"),
         (lambda c: c["data"].update(source="./no/such/dir"), r"data\.source='\./no/such/dir' does not exist"),
         (lambda c: c["suites"].update(plots=copy.deepcopy(c["suites"]["zero_six"])), r"'plots' is reserved"),
+        # The launcher's preflight config checks, for processes_per_job ranks: before any job is submitted.
+        (lambda c: c["trainer_overrides"].update({"data.train_batch_size": 3}), r"train_batch_size=3 .*dp=2"),
+        (
+            lambda c: c["trainer_overrides"].update({"actor_rollout_ref.model.path": "/no/such/model"}),
+            r"model\.path=/no/such/model does not exist",
+        ),
+        (
+            lambda c: c["trainer_overrides"].update({"custom_reward_function.path": "no_reward.py"}),
+            r"custom_reward_function\.path=no_reward\.py",
+        ),
     ],
 )
 def test_bad_config_fails_with_named_key(config, tmp_path, edit, message):

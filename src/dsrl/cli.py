@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import subprocess
 import sys
 
 from dsrl.config import ConfigError, load_config, parse_override
-from dsrl.loggers import check_packages, logger_names
+from dsrl.preflight import Launch, run_checks, visible_gpus
 
 # torchrun's multi-node rendezvous flags, passed through verbatim.
 RDZV_FLAGS = (
@@ -37,28 +36,11 @@ def _explicit(overrides: list[str], key: str) -> str | None:
     return None
 
 
-def visible_gpus() -> int:
-    """GPUs this process may use: CUDA_VISIBLE_DEVICES when set, else what nvidia-smi lists (0 without it)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip()])
-    return 0 if shutil.which("nvidia-smi") is None else _count_nvidia_smi()
-
-
-def _count_nvidia_smi() -> int:
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return 0
-    return len([line for line in out.stdout.splitlines() if line.startswith("GPU ")])
-
-
 def train_command(argv: list[str]) -> list[str]:
-    """Build the torchrun command line; validates the config and the launch shape first."""
+    """Build the torchrun command line after every check that needs no process group (`dsrl.preflight`)."""
     parser = argparse.ArgumentParser(prog="dsrl train", description="Launch dsrl.train under torchrun.")
     parser.add_argument(
         "--nproc-per-node",
-        type=int,
         default=None,
         help="processes (GPUs, or CPU ranks) per node; default: trainer.n_gpus_per_node if set, "
         "else the visible GPUs, else 1",
@@ -70,26 +52,38 @@ def train_command(argv: list[str]) -> list[str]:
     if unknown:
         parser.error(f"unknown option(s) {' '.join(unknown)}; overrides are key=value")
 
-    explicit_gpus = _explicit(overrides, "trainer.n_gpus_per_node")
-    explicit_nodes = _explicit(overrides, "trainer.nnodes")
-    nproc = args.nproc_per_node or (int(explicit_gpus) if explicit_gpus else (visible_gpus() or 1))
-    nnodes = int(args.nnodes) if args.nnodes else 1
-    if explicit_gpus is not None and int(explicit_gpus) != nproc:
+    explicit_gpus = _count("trainer.n_gpus_per_node", _explicit(overrides, "trainer.n_gpus_per_node"))
+    explicit_nodes = _count("trainer.nnodes", _explicit(overrides, "trainer.nnodes"))
+    nproc = _count("--nproc-per-node", args.nproc_per_node) or explicit_gpus or visible_gpus() or 1
+    nnodes = _count("--nnodes", args.nnodes) or 1
+    if explicit_gpus is not None and explicit_gpus != nproc:
         raise ConfigError(f"trainer.n_gpus_per_node={explicit_gpus} but --nproc-per-node {nproc}: make them agree")
-    if explicit_nodes is not None and int(explicit_nodes) != nnodes:
+    if explicit_nodes is not None and explicit_nodes != nnodes:
         raise ConfigError(f"trainer.nnodes={explicit_nodes} but --nnodes {nnodes}: make them agree")
     overrides = [o for o in overrides if _key_of(o) not in ("trainer.n_gpus_per_node", "trainer.nnodes")]
     overrides += [f"trainer.n_gpus_per_node={nproc}", f"trainer.nnodes={nnodes}"]
-    cfg = load_config(overrides)  # fail here, before any process starts
-    check_packages(logger_names(cfg.trainer.logger))
+    run_checks(load_config(overrides), Launch(nproc, nnodes))  # fail here, before any process starts
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+    cmd = [sys.executable, "-m", "dsrl.torchrun", f"--nproc-per-node={nproc}"]
     rdzv = {flag: getattr(args, flag[2:].replace("-", "_")) for flag in RDZV_FLAGS}
     if nnodes == 1 and not any(v for k, v in rdzv.items() if k != "--nnodes"):
         cmd.append("--standalone")  # a free rendezvous port per job: concurrent jobs on one node never clash
     else:
         cmd += [f"{k}={v}" for k, v in rdzv.items() if v is not None]
     return cmd + ["-m", "dsrl.train", *overrides]
+
+
+def _count(name: str, value: object) -> int | None:
+    """A process or node count given on the command line: a positive integer (None when not given)."""
+    if value is None:
+        return None
+    try:
+        count = int(str(value))
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ConfigError(f"{name}={value} must be a positive integer")
+    return count
 
 
 def _key_of(arg: str) -> str | None:
@@ -122,6 +116,11 @@ def export_command(argv: list[str]) -> int:
     return 0
 
 
+def one_line(exc: BaseException) -> str:
+    """An error as one console line: the first of several would otherwise hide among the others."""
+    return " ".join(str(exc).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
@@ -146,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             cmd = train_command(rest)
         except ConfigError as exc:
-            print(f"dsrl: config error: {exc}", file=sys.stderr)
+            print(f"dsrl: config error: {one_line(exc)}", file=sys.stderr)
             return 2
         env = dict(os.environ)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")

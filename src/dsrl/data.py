@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow.parquet as pq
 
 from dsrl.atomic import atomic_output
@@ -234,6 +233,8 @@ def _load_hub(source: str) -> tuple[list[dict], list[dict]]:
 
 
 def _write_parquet_atomic(rows: list[dict], path: Path) -> None:
+    import pandas as pd  # here, not at the top: `dsrl train`'s preflight imports this module and needs no pandas
+
     with atomic_output(path) as tmp:
         pd.DataFrame(rows, columns=list(REQUIRED_COLUMNS)).to_parquet(tmp, index=False)
 
@@ -276,18 +277,27 @@ def prepare_gsm8k(
     return paths
 
 
-def read_prompts(path: str | os.PathLike) -> list[dict]:
-    """Rows of a verl-schema parquet as plain Python objects (lists/dicts, not numpy arrays)."""
+def prompt_file_rows(path: str | os.PathLike) -> int:
+    """Rows of a verl-schema parquet, from its footer alone; fails on a missing file, columns or rows."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompt parquet not found: {path} (create it with `dsrl prepare-data`)")
-    table = pq.read_table(path)
-    missing = [col for col in REQUIRED_COLUMNS if col not in table.column_names]
+    try:
+        meta = pq.read_metadata(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for a file that is not parquet
+        raise ValueError(f"{path}: not a parquet file ({exc})") from exc
+    missing = [col for col in REQUIRED_COLUMNS if col not in meta.schema.to_arrow_schema().names]
     if missing:
         raise ValueError(f"{path}: missing columns {missing}; expected columns {list(REQUIRED_COLUMNS)}")
-    if table.num_rows == 0:
+    if meta.num_rows == 0:
         raise ValueError(f"{path}: file has no rows")
-    return table.select(list(REQUIRED_COLUMNS)).to_pylist()
+    return meta.num_rows
+
+
+def read_prompts(path: str | os.PathLike) -> list[dict]:
+    """Rows of a verl-schema parquet as plain Python objects (lists/dicts, not numpy arrays)."""
+    prompt_file_rows(path)
+    return pq.read_table(path, columns=list(REQUIRED_COLUMNS)).to_pylist()
 
 
 class PromptBatcher:

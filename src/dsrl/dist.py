@@ -98,6 +98,11 @@ def barrier() -> None:
         dist.barrier()
 
 
+def destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def broadcast_object(obj, src: int = 0):
     if world() == 1:
         return obj

@@ -6,13 +6,20 @@ minutes of model loading on every rank.
 
 from __future__ import annotations
 
+import atexit
 import faulthandler
 import logging
 import os
 import sys
+from pathlib import Path
 
-from dsrl.config import ConfigError, load_config
+from omegaconf import DictConfig
 
+from dsrl import atomic, failures
+from dsrl.config import ConfigError, load_config, to_container
+
+EXIT_OK = 0
+EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_PREEMPTED = 143
 
@@ -53,22 +60,45 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dsrl: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     dist.init(launch, float(cfg.trainer.dist_timeout))
+    code = EXIT_OK
+    trainer = None
     try:
-        Trainer(cfg, launch).fit()
+        trainer = Trainer(cfg, launch)
+        trainer.fit()
         dist.barrier()  # no rank tears the process group down while a peer is still in a collective
+        dist.destroy()
     except ConfigError as exc:
-        print(f"dsrl: config error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except Preempted as exc:
-        print(f"dsrl: {exc}", file=sys.stderr)
-        return EXIT_PREEMPTED
-    finally:
-        import torch.distributed as tdist
+        code = EXIT_CONFIG if failures.report(cfg.trainer.run_dir, launch.rank, exc, "config error") else EXIT_FAILED
+    except Preempted as exc:  # every rank stopped at the same step: tearing down is safe
+        dist.destroy()
+        if launch.is_main:
+            print(f"dsrl: {exc}", file=sys.stderr)
+        code = EXIT_PREEMPTED
+    except Exception as exc:  # peers may be blocked in a collective: no teardown, exit_now closes the sockets
+        if failures.report(cfg.trainer.run_dir, launch.rank, exc) and trainer is None:
+            record_setup_failure(cfg, exc)  # fit() records its own failures, with the run's details
+        code = EXIT_FAILED
+    return code
 
-        if tdist.is_initialized():
-            tdist.destroy_process_group()
-    return 0
+
+def record_setup_failure(cfg: DictConfig, exc: BaseException) -> None:
+    """A failure before training (loading a model, encoding prompts) still leaves a run.json that says so."""
+    info = {"status": "failed", "last_step": 0, "error": failures.summary(exc), "config": to_container(cfg)}
+    atomic.write_json(Path(cfg.trainer.run_dir) / "run.json", info)
+
+
+def exit_now(code: int) -> None:
+    """Exit without interpreter finalization, after the atexit hooks (a vLLM server's stop, log flushing).
+
+    Finalization destroys C++ objects whose threads may still run (gloo's workers after a failed collective, a
+    library's static thread pool); one that needs the GIL then is killed mid-unwind, and libstdc++ aborts the rank
+    with "terminate called without an active exception", turning a finished or cleanly failed run into a SIGABRT.
+    """
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig
 
 from dsrl import algorithms as algos
-from dsrl import atomic, checkpoint, dist, hf_export
+from dsrl import atomic, checkpoint, dist, failures, hf_export
 from dsrl import workers as W
 from dsrl.batching import BatchPlan, plan_batches
 from dsrl.config import ConfigError, save_hf_model, to_container, use_critic
@@ -35,7 +35,8 @@ from dsrl.loggers import Tracking, logger_names
 from dsrl.metrics import MetricsWriter, Timer, memory_metrics, parity_metrics
 from dsrl.models import resolve_model_path
 from dsrl.reward import default_compute_score, load_custom_reward_fn, score_batch
-from dsrl.rollout import Sampling, assemble_batch, rollout_probs_diff
+from dsrl.rollout import Sampling
+from dsrl.rollout.batch import assemble_batch, rollout_probs_diff
 from dsrl.rollout.hf import HFRollout
 
 log = logging.getLogger("dsrl")
@@ -92,6 +93,8 @@ class Trainer:
         self._preempt = False
         self._hf_saved_at: int | None = None
         self.tracking: Tracking | None = None
+        if launch.is_main:
+            failures.clear(self.run_dir)  # before the ranks first synchronise (in _prepare_data_and_model)
         _seed_all(self.seed)
 
         self._prepare_data_and_model()
@@ -662,8 +665,11 @@ class Trainer:
                     f"a collective waited longer than trainer.dist_timeout={cfg.trainer.dist_timeout}s after step "
                     f"{last}: another rank is stuck or died ({type(exc).__name__}: {str(exc).splitlines()[0]})"
                 )
-            status = "preempted" if isinstance(exc, Preempted) else "failed"
-            self._write_run_json(status, last, f"{type(error).__name__}: {error}")
+            text = failures.summary(error)
+            if isinstance(exc, Preempted):
+                self._write_run_json("preempted", last, text)
+            elif failures.claim_first(self.run_dir, self.launch.rank, text):  # not a peer's secondary error
+                atomic.write_json(self.run_dir / "run.json", self.run_info("failed", last, text))
             if error is exc:
                 raise
             raise error from exc

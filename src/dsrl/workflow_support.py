@@ -22,6 +22,7 @@ from typing import Any
 
 from dsrl.analysis.imports import discover_runs
 from dsrl.config import ConfigError, load_config
+from dsrl.preflight import Launch, run_checks
 
 RESULTS = Path("results")
 DATA_DIR = RESULTS / "data"
@@ -211,14 +212,15 @@ class Plan:
         return Suite(name, int(spec["steps"]), runs, spec.get("gate"))
 
     def _check_trainer_configs(self) -> None:
-        """Build each distinct trainer config once with dsrl's own loader: bad keys or values fail the DAG."""
+        """Build each distinct trainer config once with dsrl's loader and the launcher's preflight config checks
+        (batch plan for processes_per_job, model paths, reward function): a bad config fails the DAG."""
         for suite in self.suites.values():
             if suite.imported:
                 continue
             for algo, case in sorted({(r.algo, r.case) for r in suite.runs}):
                 run = next(r for r in suite.runs if (r.algo, r.case) == (algo, case))
                 try:
-                    load_config(self.overrides(run), environ={})
+                    run_checks(load_config(self.overrides(run), environ={}), Launch(self.processes), machine=False)
                 except ConfigError as exc:
                     raise ConfigError(f"suite {suite.name}, algo {algo}, case {case}: {exc}") from exc
 

@@ -21,7 +21,6 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
-import httpx
 from omegaconf import DictConfig
 
 from dsrl.config import ConfigError
@@ -156,6 +155,8 @@ class VLLMServer:
                 self.args, env=self.env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
             )
         atexit.register(self.stop)
+        import httpx  # the trainer's environment has it; the launcher's preflight imports this module without
+
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
