@@ -16,7 +16,7 @@ pytest.importorskip("deepspeed")
 
 import torch  # noqa: E402
 from logger_files import mlflow_run, tensorboard_scalars, wandb_history  # noqa: E402
-from trainer_runs import run_dsrl  # noqa: E402
+from trainer_runs import SMALL, run_dsrl  # noqa: E402
 
 from dsrl import cli  # noqa: E402
 from dsrl import workers as W  # noqa: E402
@@ -99,7 +99,7 @@ def test_missing_logger_package_fails_before_any_process_starts(tmp_path, monkey
     from dsrl import loggers
 
     monkeypatch.setitem(loggers.PACKAGES, "wandb", ("dsrl_no_such_module", "wandb"))
-    code = cli.main(["train", "--nproc-per-node", "1", f"trainer.run_dir={tmp_path / 'run'}", ALL_LOGGERS])
+    code = cli.main(["train", "--nproc-per-node", "1", f"trainer.run_dir={tmp_path / 'run'}", *SMALL, ALL_LOGGERS])
     assert code == 2
     assert "trainer.logger=wandb needs the 'wandb' package" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
