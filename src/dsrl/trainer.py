@@ -230,6 +230,14 @@ class Trainer:
 
     def _build_rollout(self) -> None:
         rollout_cfg = self.cfg.actor_rollout_ref.rollout
+        need = int(self.cfg.data.max_prompt_length) + int(self.cfg.data.max_response_length)
+        if rollout_cfg.max_model_len is not None and need > rollout_cfg.max_model_len:
+            log.info(
+                "rollout: max_prompt_length + max_response_length = %d exceeds max_model_len=%d; each prompt gets "
+                "min(max_response_length, max_model_len - prompt length) new tokens (verl's cap)",
+                need,
+                rollout_cfg.max_model_len,
+            )
         if rollout_cfg.name == "vllm":
             from dsrl.rollout.vllm_server import VLLMServerRollout
 
@@ -389,6 +397,7 @@ class Trainer:
             top_k=int(src.top_k),
             do_sample=bool(src.do_sample),
             ignore_eos=bool(r.ignore_eos),
+            max_model_len=None if r.max_model_len is None else int(r.max_model_len),
         )
 
     def _sync(self) -> None:

@@ -348,13 +348,8 @@ def validate(cfg: DictConfig) -> None:
     for key in ("data.max_prompt_length", "data.max_response_length", "data.train_batch_size"):
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key}={_get(cfg, key)} must be >= 1")
-    if rollout.max_model_len is not None:
-        need = cfg.data.max_prompt_length + cfg.data.max_response_length
-        if need > rollout.max_model_len:
-            raise ConfigError(
-                f"data.max_prompt_length + data.max_response_length = {need} exceeds "
-                f"actor_rollout_ref.rollout.max_model_len={rollout.max_model_len}"
-            )
+    if rollout.max_model_len is not None and rollout.max_model_len < 2:
+        raise ConfigError(f"actor_rollout_ref.rollout.max_model_len={rollout.max_model_len} must be >= 2")
     if not 0 < rollout.top_p <= 1:
         raise ConfigError(f"actor_rollout_ref.rollout.top_p={rollout.top_p} must be in (0, 1]")
     if rollout.temperature < 0:
