@@ -12,6 +12,7 @@ from verl_reference import ActorConfig, AlgoConfig, PolicyLossConfig, core_algos
 
 from dsrl import advantages as adv  # noqa: E402
 from dsrl import algorithms as alg  # noqa: E402
+from dsrl import config as dsrl_config  # noqa: E402
 from dsrl import policy_losses as pl  # noqa: E402
 from dsrl import reward  # noqa: E402
 
@@ -31,6 +32,15 @@ def same(ours, theirs, dtype):
 
 def test_verl_is_the_pinned_release():
     assert verl.__version__ == "0.9.1"
+
+
+def test_config_accepts_exactly_the_implemented_names():
+    assert dsrl_config.ADV_ESTIMATORS == adv.ADV_ESTIMATORS
+    assert tuple(pl.POLICY_LOSSES) == dsrl_config.POLICY_LOSS_MODES
+    assert dsrl_config.KL_PENALTY_TYPES == alg.KL_PENALTY_TYPES
+    assert dsrl_config.LOSS_AGG_MODES == alg.LOSS_AGG_MODES
+    assert set(adv.ADV_ESTIMATORS) - {"gae"} <= set(core_algos.ADV_ESTIMATOR_REGISTRY)
+    assert set(pl.POLICY_LOSSES) <= set(core_algos.POLICY_LOSS_REGISTRY)
 
 
 def batch(dtype, seed=0, rows=8, length=6):
@@ -83,6 +93,26 @@ def test_dr_grpo_aggregation_of_two_one_token_sequences():
     loss_mat, mask = torch.ones(2, 1), torch.ones(2, 1)
     assert alg.agg_loss(loss_mat, mask, "seq-mean-token-sum-norm").item() == 1.0
     assert core_algos.agg_loss(loss_mat, mask, "seq-mean-token-sum-norm").item() == 1.0
+
+
+@pytest.mark.parametrize("mode", AGG_MODES)
+def test_micro_batch_shares_sum_to_verls_mini_batch_loss(mode):
+    """How the workers split a mini batch: two ranks, uneven micro batches, each micro loss normalised by the mini
+    batch's global counts x dp. Summed over micro batches and averaged over ranks (DeepSpeed's gradient average),
+    loss and gradient are verl's for the whole mini batch, whatever the split."""
+    _, loss_mat, _, mask = batch(torch.float64, seed=6, rows=8)
+    mask[0, 0] = 1  # verl's global_batch_size counts every sequence; keep none empty to compare with one batch
+    whole, g_whole = grad_of(lambda x: core_algos.agg_loss(x, mask, mode), loss_mat)
+    scale = {"dp_size": 2, "batch_num_tokens": mask.sum(), "global_batch_size": 8}
+    splits = [[[0], [1, 2, 3]], [[4, 5], [6, 7]]]  # rank 0: micro batches of 1 and 3 rows; rank 1: 2 and 2
+
+    def split_loss(x):
+        per_rank = [sum(alg.agg_loss(x[idx], mask[idx], mode, **scale) for idx in micros) for micros in splits]
+        return sum(per_rank) / len(splits)
+
+    split, g_split = grad_of(split_loss, loss_mat)
+    same(split, whole, torch.float64)
+    same(g_split, g_whole, torch.float64)
 
 
 # ---- KL, policy and value losses ------------------------------------------------------------------------
@@ -198,6 +228,16 @@ def test_grpo_with_a_group_of_one(dtype, norm):
     ours = alg.compute_grpo_outcome_advantage(rewards.clone(), mask, list(index), norm_adv_by_std_in_grpo=norm)
     theirs = core_algos.compute_grpo_outcome_advantage(rewards.clone(), mask, index, norm_adv_by_std_in_grpo=norm)
     same(ours[0], theirs[0], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gae(dtype):
+    rewards, mask, _ = outcome_batch(dtype)
+    values = torch.randn(rewards.shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64).to(dtype)
+    ours = adv.compute_advantage("gae", rewards, mask, [], values=values, gamma=0.99, lam=0.95)
+    theirs = core_algos.compute_gae_advantage_return(rewards, values, mask, 0.99, 0.95)
+    same(ours[0], theirs[0], dtype)
+    same(ours[1], theirs[1], dtype)
 
 
 def verl_estimator(name, rewards, mask, index, norm=True):
