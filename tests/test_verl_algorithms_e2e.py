@@ -1,5 +1,5 @@
 """verl's algorithm recipes end to end on CPU (2 ranks, 2 steps each): Dr.GRPO, DAPO's clip-higher, and ReMax's
-greedy baseline rollout with a GSPO loss and a straight-through KL loss."""
+greedy baseline rollout (vLLM server) with a GSPO loss and a straight-through KL loss."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ RECIPES = {
         "actor_rollout_ref.actor.clip_ratio_high=0.28",
         "actor_rollout_ref.actor.loss_agg_mode=token-mean",
     ],
-    "remax_gspo": [
+    "remax_gspo": [  # the greedy baseline through the vLLM server (the HF backend's greedy path is validation's)
+        "actor_rollout_ref.rollout.name=vllm",
         "algorithm.adv_estimator=remax",
         "actor_rollout_ref.actor.policy_loss.loss_mode=gspo",
         "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-mean",
