@@ -21,14 +21,17 @@ class _Placeholder(types.ModuleType):
         return type(attr, (), {})
 
 
-for _name in ("ray", "orjson"):
-    if importlib.util.find_spec(_name) is None:
-        sys.modules.setdefault(_name, _Placeholder(_name))
+_placeholders = [name for name in ("ray", "orjson") if importlib.util.find_spec(name) is None]
+for _name in _placeholders:
+    sys.modules[_name] = _Placeholder(_name)
 
 import verl  # noqa: E402
 from verl.trainer.config import AlgoConfig  # noqa: E402
 from verl.trainer.ppo import core_algos  # noqa: E402
 from verl.utils.reward_score import gsm8k  # noqa: E402
 from verl.workers.config import ActorConfig, PolicyLossConfig  # noqa: E402
+
+for _name in _placeholders:  # verl holds its references; anything imported later sees the real absence
+    del sys.modules[_name]
 
 __all__ = ["AlgoConfig", "ActorConfig", "PolicyLossConfig", "core_algos", "gsm8k", "verl"]
