@@ -27,7 +27,7 @@ setup: $(TRAIN)/.installed $(WF)/.installed
 setup-gpu:
 	$(MAKE) setup DEVICE=cuda
 
-$(TRAIN)/.installed: $(TRAIN_LOCK) pyproject.toml
+$(TRAIN)/.installed: $(TRAIN_LOCK) requirements/verl-parity.txt pyproject.toml
 	if [ "$(BUILT_FOR)" != "$(DEVICE)" ]; then rm -rf $(TRAIN); fi
 	$(PYTHON) -m venv $(TRAIN)
 	$(TRAIN)/bin/python -m pip install -q --upgrade pip
@@ -37,6 +37,7 @@ ifeq ($(DEVICE),cpu)
 	# `operator torchvision::nms does not exist`) and triton (unused on CPU).
 	$(TRAIN)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec triton
 endif
+	$(TRAIN)/bin/python -m pip install -q --no-deps -r requirements/verl-parity.txt
 	$(TRAIN)/bin/python -m pip install -q --no-deps -e .
 	echo $(DEVICE) > $(TRAIN)/.device
 	touch $@

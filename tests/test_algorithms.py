@@ -116,7 +116,8 @@ def test_grpo_index_length_must_match_batch():
         ("token-mean", 7 / 3),  # (1 + 2 + 4) / 3 valid tokens
         ("seq-mean-token-sum", 3.5),  # (3 + 4) / 2 non-empty sequences
         ("seq-mean-token-mean", 2.75),  # (1.5 + 4) / 2
-        ("seq-mean-token-sum-norm", 7 / 4),  # (3 + 4 + 0) / response length 4
+        ("seq-mean-token-sum-norm", 3.5 / 4),  # Dr.GRPO: (3 + 4) / 2 non-empty sequences / response length 4
+        ("token-sum", 7.0),
     ],
 )
 def test_agg_loss_modes(mode, expected):

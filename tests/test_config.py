@@ -2,89 +2,52 @@
 
 from __future__ import annotations
 
-import shlex
-from pathlib import Path
-
 import pytest
+from reference_commands import localised, reference_commands
 
 from dsrl.config import ConfigError, load_config, parse_value
 
-# A copy of ../shared/reference/verl-deepspeed-worker-integration.md: a fresh clone has no ../shared.
-REFERENCE = Path(__file__).parent / "data" / "reference" / "verl-deepspeed-worker-integration.md"
-
-BASE_TEXT = """
-actor@actor_rollout_ref.actor=ds_actor critic=ds_critic actor_rollout_ref.actor.strategy=deepspeed
-trainer.use_legacy_worker_impl=enable actor_rollout_ref.rollout.name=vllm
-actor_rollout_ref.rollout.mode=async actor_rollout_ref.rollout.load_format=auto
-actor_rollout_ref.rollout.tensor_model_parallel_size=1 actor_rollout_ref.rollout.max_model_len=512
-actor_rollout_ref.rollout.max_num_seqs=8 actor_rollout_ref.rollout.max_num_batched_tokens=1024
-actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=1
-actor_rollout_ref.rollout.gpu_memory_utilization=0.2 actor_rollout_ref.model.path=random:tiny
-critic.model.path=random:tiny actor_rollout_ref.model.trust_remote_code=True
-critic.model.trust_remote_code=True actor_rollout_ref.model.enable_gradient_checkpointing=True
-actor_rollout_ref.model.use_remove_padding=True actor_rollout_ref.actor.ppo_mini_batch_size=32
-critic.ppo_mini_batch_size=32 actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2
-critic.ppo_micro_batch_size_per_gpu=2 actor_rollout_ref.actor.ppo_max_token_len_per_gpu=2048
-critic.ppo_max_token_len_per_gpu=2048 actor_rollout_ref.actor.use_kl_loss=False
-algorithm.use_kl_in_reward=False data.train_files=../data/gsm8k_ppo/train.parquet
-data.val_files=../data/gsm8k_ppo/test.parquet data.train_batch_size=64 data.max_prompt_length=256
-data.max_response_length=256 data.trust_remote_code=True trainer.n_gpus_per_node=2 trainer.nnodes=1
-trainer.save_freq=0 trainer.test_freq=-1 trainer.val_before_train=False
-trainer.total_training_steps=60 trainer.logger=[console]
-"""
-BASE_ARGS = shlex.split(BASE_TEXT)
+COMMANDS = reference_commands()
 
 
-def _bash_blocks(text: str) -> list[str]:
-    blocks, inside, cur = [], False, []
-    for line in text.splitlines():
-        if line.startswith("```bash"):
-            inside, cur = True, []
-        elif line.startswith("```") and inside:
-            inside = False
-            blocks.append("\n".join(cur))
-        elif inside:
-            cur.append(line)
-    return blocks
-
-
-def _reference_commands() -> list[list[str]]:
-    """The six ZeRO-case commands and the GRPO command from the users' guide, model swapped for random:tiny."""
-    cmds = []
-    for block in _bash_blocks(REFERENCE.read_text()):
-        if "verl.trainer.main_ppo" not in block:
-            continue
-        words = shlex.split(block.replace("\\\n", " "))
-        args = words[words.index("verl.trainer.main_ppo") + 1 :]
-        args = [a for a in args if a != "${BASE_ARGS}"]
-        if "${BASE_ARGS}" in block:
-            args = BASE_ARGS + args
-        args = [
-            "actor_rollout_ref.model.path=random:tiny" if a.startswith("actor_rollout_ref.model.path=") else a
-            for a in args
-        ]
-        args = [a.replace("${DATA_TRAIN}", "train.parquet").replace("${DATA_VAL}", "test.parquet") for a in args]
-        cmds.append(args)
-    return cmds
+def _pasted(index: int) -> tuple[list[str], dict[str, str]]:
+    cmd = COMMANDS[index]
+    return localised(cmd.args, "random:tiny", "train.parquet", "test.parquet"), cmd.env
 
 
 def test_reference_document_has_the_seven_commands():
-    assert len(_reference_commands()) == 7
+    assert [c.name for c in COMMANDS] == [
+        "zero1_no_offload",
+        "zero2_no_offload",
+        "zero3_no_offload",
+        "zero1_cpu_offload",
+        "zero2_cpu_offload",
+        "zero3_cpu_offload",
+        "grpo_fix_60",
+    ]
 
 
 @pytest.mark.parametrize("index", range(7))
 def test_reference_commands_parse(index):
-    args = _reference_commands()[index]
-    cfg = load_config(args, environ={})
+    args, env = _pasted(index)
+    cfg = load_config(args, environ=env)
     stage = next(int(a.split("=")[1]) for a in args if a.startswith("actor_rollout_ref.actor.deepspeed.zero_stage="))
     assert cfg.actor_rollout_ref.actor.deepspeed.zero_stage == stage
     assert cfg.actor_rollout_ref.model.path == "random:tiny"
     assert list(cfg.trainer.logger) == ["console"]
+    if index < 6:  # the ZeRO cases ask for 512 + 512 tokens in a 512 context: verl caps new tokens per request
+        assert cfg.data.max_prompt_length + cfg.data.max_response_length > cfg.actor_rollout_ref.rollout.max_model_len
+
+
+def test_reference_env_knobs_reach_the_config():
+    args, env = _pasted(5)  # zero3_cpu_offload: VERL_ENABLE_PARAM_OFFLOAD=1 on its command line
+    assert load_config(args, environ=env).actor_rollout_ref.actor.deepspeed.param_offload is True
+    assert load_config(args, environ={}).actor_rollout_ref.actor.deepspeed.param_offload is False
 
 
 def test_grpo_reference_command_sets_reward_kwargs_and_disables_critic():
-    grpo = _reference_commands()[-1]
-    cfg = load_config(grpo, environ={})
+    args, env = _pasted(6)
+    cfg = load_config(args, environ=env)
     assert cfg.algorithm.adv_estimator == "grpo"
     assert cfg.critic.enable is False
     assert dict(cfg.reward.reward_kwargs) == {"method": "flexible", "format_score": 0.1, "score": 1.0}
@@ -184,15 +147,13 @@ def test_bad_overrides_fail_with_a_clear_message(override, message):
             "needs actor_rollout_ref.actor.deepspeed.zero_stage=3",
         ),
         (["algorithm.adv_estimator=grpo"], "needs actor_rollout_ref.rollout.n >= 2"),
+        (["algorithm.adv_estimator=grpo_passk"], "grpo_passk needs actor_rollout_ref.rollout.n >= 2"),
+        (["algorithm.adv_estimator=rloo", "critic.enable=True"], "critic.enable=True has no use with .*rloo"),
+        (["algorithm.adv_estimator=vtrace"], r"valid: gae, grpo, rloo, reinforce_plus_plus, .*remax\)"),
+        (["actor_rollout_ref.actor.policy_loss.loss_mode=sapo"], r"valid: vanilla, gspo, .*cispo\)"),
+        (["actor_rollout_ref.actor.kl_loss_type=full"], r"valid: kl, k1, .*low_var_kl\+, k3\+\)"),
         (["algorithm.adv_estimator=gae", "critic.enable=False"], "needs a critic"),
-        (
-            [
-                "actor_rollout_ref.rollout.max_model_len=256",
-                "data.max_prompt_length=200",
-                "data.max_response_length=100",
-            ],
-            "exceeds actor_rollout_ref.rollout.max_model_len=256",
-        ),
+        (["actor_rollout_ref.rollout.max_model_len=1"], "max_model_len=1 must be >= 2"),
         (["trainer.resume_mode=resume_path"], "needs trainer.resume_from_path"),
         (["actor_rollout_ref.actor.clip_ratio_c=1.0"], "clip_ratio_c=1.0 must be > 1"),
     ],

@@ -150,9 +150,12 @@ def test_prepare_local_dir_sizes(tmp_path):
         prepare_gsm8k(str(src), tmp_path / "zero", test_size=0)
 
 
-def test_prepare_synthetic_needs_int_sizes(tmp_path):
-    with pytest.raises(ValueError, match="synthetic"):
-        prepare_gsm8k("synthetic", tmp_path, train_size=None)
+def test_prepare_defaults_keep_every_real_row_and_512_64_synthetic(tmp_path):
+    src = _gsm8k_dir(tmp_path / "src")
+    train, test = prepare_gsm8k(str(src), tmp_path / "real")
+    assert (len(read_prompts(train)), len(read_prompts(test))) == (5, 3)
+    train, test = prepare_gsm8k("synthetic", tmp_path / "synthetic")
+    assert (len(read_prompts(train)), len(read_prompts(test))) == (512, 64)
 
 
 def test_prepare_hub_without_datasets_says_what_to_do(tmp_path, monkeypatch):
@@ -262,6 +265,16 @@ def test_encode_prompts_with_hf_tokenizer():
     assert kept == [0, 1, 2] and all(isinstance(i, int) for seq in ids for i in seq)
     text = tokenizer.apply_chat_template(rows[1]["prompt"], add_generation_prompt=True, tokenize=False)
     assert tokenizer.decode(ids[1]) == text
+
+
+def test_main_prepare_cli_defaults_to_every_row_and_says_so(tmp_path, capsys):
+    src = _gsm8k_dir(tmp_path / "src")
+    main_prepare(["--source", str(src), "--out-dir", str(tmp_path / "out")])
+    assert len(read_prompts(tmp_path / "out" / "train.parquet")) == 5
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main_prepare(["--help"])
+    assert "default: every row of a folder or hub source" in " ".join(capsys.readouterr().out.split())
 
 
 def test_main_prepare_cli(tmp_path, capsys):

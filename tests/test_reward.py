@@ -49,14 +49,20 @@ def test_flexible_takes_the_last_number_like_token_as_written():
     assert reward.extract_solution("Answer: 42 . . .", method="flexible") == "42"
 
 
+def test_flexible_with_only_dots_returns_the_first_dot_like_verl():
+    assert reward.extract_solution("Well. Hmm. I am not sure.", method="flexible") == "."
+    assert reward.gsm8k_compute_score("Well. Hmm.", "72", method="flexible", format_score=0.1) == 0.1
+
+
 def test_flexible_without_a_number_is_no_answer():
-    assert reward.extract_solution("I do not know.", method="flexible") is None
+    assert reward.extract_solution("I do not know", method="flexible") is None
     assert reward.extract_solution("", method="flexible") is None
 
 
 def test_only_the_last_300_characters_are_searched():
     assert reward.extract_solution("#### 72\n" + FILLER) is None
-    assert reward.extract_solution("Answer 42." + FILLER, method="flexible") is None
+    # 42 is cut off; only the filler's full stops remain, and verl answers with the first of them
+    assert reward.extract_solution("Answer 42." + FILLER, method="flexible") == "."
     assert reward.gsm8k_compute_score("#### 72\n" + FILLER, "72", format_score=0.1) == 0.0
     assert reward.extract_solution("#### 1" + FILLER + "#### 72") == "72"
 

@@ -9,8 +9,9 @@ transformers = pytest.importorskip("transformers")
 
 from dsrl import workers as W  # noqa: E402
 from dsrl.models import resolve_model_path  # noqa: E402
-from dsrl.rollout import trim_response  # noqa: E402
+from dsrl.rollout import Sampling, new_token_cap, trim_response  # noqa: E402
 from dsrl.rollout.batch import assemble_batch  # noqa: E402
+from dsrl.rollout.hf import HFRollout  # noqa: E402
 
 pytestmark = pytest.mark.train
 
@@ -42,6 +43,28 @@ def test_assemble_batch_layout():
 def test_trim_response_keeps_first_eos():
     assert trim_response([5, 6, 2, 7, 2], {2}) == [5, 6, 2]
     assert trim_response([5, 6, 2, 7], {2}, ignore_eos=True) == [5, 6, 2, 7]
+
+
+def test_new_token_cap_is_verls_per_request_budget():
+    capped = Sampling(max_new_tokens=512, max_model_len=512)
+    assert new_token_cap(100, capped) == 412  # min(512, 512 - 100)
+    assert new_token_cap(3, Sampling(max_new_tokens=8, max_model_len=512)) == 8
+    assert new_token_cap(600, Sampling(max_new_tokens=8)) == 8  # no max_model_len: the response length
+    with pytest.raises(ValueError, match="no room to generate"):
+        new_token_cap(512, capped)
+
+
+def test_hf_rollout_caps_each_prompt_as_if_generated_alone(tiny):
+    """One batched generate, each row cut at its own cap, equals generating every prompt with its own budget."""
+    tokenizer = type("Tok", (), {"pad_token_id": 0, "eos_token_id": 1})()
+    rollout = HFRollout(engine=None, tokenizer=tokenizer, device=torch.device("cpu"))
+    rows = [[11, 12, 13, 14, 15, 16, 17], [21, 22], [31, 32, 33, 34]]
+    s = Sampling(max_new_tokens=6, do_sample=False, ignore_eos=True, max_model_len=10)
+    out = rollout._generate(tiny, rows, s)
+    assert [len(r) for r in out] == [3, 6, 6]  # min(6, 10 - prompt length)
+    for row, got in zip(rows, out, strict=True):
+        alone = Sampling(max_new_tokens=new_token_cap(len(row), s), do_sample=False, ignore_eos=True)
+        assert got == rollout._generate(tiny, [row], alone)[0]
 
 
 def test_packed_and_padded_log_probs_agree(tiny):

@@ -11,8 +11,10 @@ from typing import Any
 
 import torch
 
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-KL_PENALTY_TYPES = ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3")
+LOSS_AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+_KL_BASE_TYPES = ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3")
+# "<type>+": the forward value of <type> with the gradient of k2 (straight-through, verl's unbiased KL gradient).
+KL_PENALTY_TYPES = _KL_BASE_TYPES + tuple(f"{t}+" for t in _KL_BASE_TYPES)
 KL_CONTROLLER_KINDS = ("fixed", "adaptive")
 
 
@@ -98,31 +100,59 @@ def compute_grpo_outcome_advantage(
         groups.setdefault(key, []).append(row)
     with torch.no_grad():
         mean = torch.zeros_like(scores)
-        std = torch.ones_like(scores)
+        # verl's group of one: score / (float32(1.0) + epsilon), the float32 sum included, in every dtype.
+        std_eps = torch.full_like(scores, float(torch.tensor(1.0) + epsilon))
         for rows in groups.values():
             if len(rows) > 1:
                 group_scores = scores[rows]
                 mean[rows] = torch.mean(group_scores)
-                std[rows] = torch.std(group_scores)
+                std_eps[rows] = torch.std(group_scores) + epsilon
         centred = scores - mean
-        normalised = centred / (std + epsilon) if norm_adv_by_std_in_grpo else centred
+        normalised = centred / std_eps if norm_adv_by_std_in_grpo else centred
         advantages = normalised.unsqueeze(-1) * response_mask
     return advantages, advantages
 
 
-def agg_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mode: str) -> torch.Tensor:
-    """Reduce a [batch, len] loss to a scalar; fully masked sequences never count in a sequence mean."""
+def agg_loss(
+    loss_mat: torch.Tensor,
+    loss_mask: torch.Tensor,
+    loss_agg_mode: str,
+    dp_size: int = 1,
+    batch_num_tokens: int | torch.Tensor | None = None,
+    global_batch_size: int | torch.Tensor | None = None,
+    loss_scale_factor: float | None = None,
+) -> torch.Tensor:
+    """Reduce a [batch, len] loss to a scalar with verl's global-batch normalisation.
+
+    A micro batch's loss is divided by the token / sequence count of the whole mini batch across ranks
+    (``batch_num_tokens`` / ``global_batch_size``) and multiplied by ``dp_size``, so summing micro-batch
+    gradients and averaging them over ranks gives the mini-batch loss's gradient, however the batch was split.
+    Without them (one rank) the counts are this batch's own: bare counts as in verl, so an all-masked batch is
+    NaN rather than silently 0. Fully masked sequences never count in a sequence mean.
+    """
     if loss_agg_mode == "token-mean":
-        return masked_mean(loss_mat, loss_mask)
-    if loss_agg_mode == "seq-mean-token-sum":
+        if batch_num_tokens is None:
+            if dp_size > 1:
+                raise ValueError("agg_loss: token-mean over several ranks needs batch_num_tokens (global count)")
+            batch_num_tokens = loss_mask.sum()
+        return masked_sum(loss_mat, loss_mask) / batch_num_tokens * dp_size
+    if loss_agg_mode == "token-sum":
+        return masked_sum(loss_mat, loss_mask) * dp_size
+    if loss_agg_mode in ("seq-mean-token-sum", "seq-mean-token-sum-norm", "seq-mean-token-mean"):
+        token_counts = torch.sum(loss_mask, dim=-1)
         seq_losses = masked_sum(loss_mat, loss_mask, dim=-1)
-        return masked_mean(seq_losses, (loss_mask.sum(dim=-1) > 0).to(seq_losses.dtype))
-    if loss_agg_mode == "seq-mean-token-mean":
-        token_counts = loss_mask.sum(dim=-1)
-        seq_losses = masked_sum(loss_mat, loss_mask, dim=-1) / (token_counts + 1e-8)
-        return masked_mean(seq_losses, (token_counts > 0).to(seq_losses.dtype))
-    if loss_agg_mode == "seq-mean-token-sum-norm":
-        return masked_sum(loss_mat, loss_mask, dim=-1).sum() / loss_mask.shape[-1]
+        if loss_agg_mode == "seq-mean-token-mean":
+            seq_losses = seq_losses / (token_counts + 1e-8)
+        seq_mask = (token_counts > 0).float()
+        if global_batch_size is None:
+            if dp_size > 1:
+                raise ValueError(f"agg_loss: {loss_agg_mode} over several ranks needs global_batch_size")
+            global_batch_size = seq_mask.sum()
+        loss = masked_sum(seq_losses, seq_mask) / global_batch_size * dp_size
+        if loss_agg_mode == "seq-mean-token-sum-norm":
+            # Dr.GRPO: a constant horizon instead of each sequence's length
+            loss = loss / (loss_mask.shape[-1] if loss_scale_factor is None else loss_scale_factor)
+        return loss
     raise ValueError(f"Unknown loss_agg_mode {loss_agg_mode!r}; valid modes: {', '.join(LOSS_AGG_MODES)}.")
 
 
@@ -136,11 +166,12 @@ def compute_policy_loss(
     clip_ratio_high: float | None = None,
     clip_ratio_c: float = 3.0,
     loss_agg_mode: str = "token-mean",
+    **global_batch: Any,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Dual-clip PPO policy loss; returns (pg_loss, pg_clipfrac, ppo_kl, pg_clipfrac_lower).
 
     The dual clip bounds the loss of negative-advantage tokens at ``-A * clip_ratio_c`` so one huge ratio
-    cannot dominate the update (https://arxiv.org/abs/1912.09729).
+    cannot dominate the update (https://arxiv.org/abs/1912.09729). ``global_batch`` goes to `agg_loss`.
     """
     if clip_ratio_c <= 1.0:
         raise ValueError(f"clip_ratio_c must be > 1.0 for dual-clip PPO, got {clip_ratio_c}.")
@@ -161,7 +192,7 @@ def compute_policy_loss(
     pg_clipfrac_lower = masked_mean((torch.gt(ppo_losses, dual_bound) & negative).float(), response_mask)
 
     pg_losses = torch.where(negative, torch.minimum(dual_bound, ppo_losses), ppo_losses)
-    pg_loss = agg_loss(pg_losses, response_mask, loss_agg_mode)
+    pg_loss = agg_loss(pg_losses, response_mask, loss_agg_mode, **global_batch)
     return pg_loss, pg_clipfrac, ppo_kl, pg_clipfrac_lower
 
 
@@ -172,29 +203,42 @@ def compute_value_loss(
     response_mask: torch.Tensor,
     cliprange_value: float,
     loss_agg_mode: str = "token-mean",
+    **global_batch: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clipped value loss ``0.5 * agg(max(unclipped, clipped) squared error)`` and the clipped fraction."""
     vpred_clipped = torch.maximum(torch.minimum(vpreds, values + cliprange_value), values - cliprange_value)
     unclipped = (vpreds - returns) ** 2
     clipped = (vpred_clipped - returns) ** 2
-    vf_loss = 0.5 * agg_loss(torch.maximum(unclipped, clipped), response_mask, loss_agg_mode)
+    vf_loss = 0.5 * agg_loss(torch.maximum(unclipped, clipped), response_mask, loss_agg_mode, **global_batch)
     vf_clipfrac = masked_mean(torch.gt(clipped, unclipped).float(), response_mask)
     return vf_loss, vf_clipfrac
 
 
 def kl_penalty(logprob: torch.Tensor, ref_logprob: torch.Tensor, kl_penalty: str) -> torch.Tensor:
-    """Per-token KL estimate (Schulman's k1/k2/k3, http://joschu.net/blog/kl-approx.html)."""
-    diff = logprob - ref_logprob
-    if kl_penalty in ("kl", "k1"):
-        return diff
-    if kl_penalty == "abs":
-        return diff.abs()
-    if kl_penalty in ("mse", "k2"):
-        return 0.5 * diff.square()
-    if kl_penalty in ("low_var_kl", "k3"):
-        log_ratio = torch.clamp(-diff, min=-20, max=20)
-        return torch.clamp(torch.exp(log_ratio) - log_ratio - 1, min=-10, max=10)
-    raise ValueError(f"Unknown kl_penalty {kl_penalty!r}; valid: {', '.join(KL_PENALTY_TYPES)}.")
+    """Per-token KL estimate (Schulman's k1/k2/k3, http://joschu.net/blog/kl-approx.html).
+
+    k1 and k3 estimate the KL's value without bias but not its gradient; ``<type>+`` keeps the value of <type>
+    and takes the gradient of k2, which is the unbiased one.
+    """
+    if kl_penalty not in KL_PENALTY_TYPES:
+        raise ValueError(f"Unknown kl_penalty {kl_penalty!r}; valid: {', '.join(KL_PENALTY_TYPES)}.")
+    straight_through = kl_penalty.endswith("+")
+    forward = _kl_forward(logprob, ref_logprob, kl_penalty.rstrip("+"))
+    if not straight_through:
+        return forward
+    k2 = 0.5 * (logprob - ref_logprob).square()
+    return k2 - k2.detach() + forward.detach()
+
+
+def _kl_forward(logprob: torch.Tensor, ref_logprob: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind in ("kl", "k1"):
+        return logprob - ref_logprob
+    if kind == "abs":
+        return (logprob - ref_logprob).abs()
+    if kind in ("mse", "k2"):
+        return 0.5 * (logprob - ref_logprob).square()
+    log_ratio = torch.clamp(ref_logprob - logprob, min=-20, max=20)  # low_var_kl / k3
+    return torch.clamp(torch.exp(log_ratio) - log_ratio - 1, min=-10, max=10)
 
 
 # apply_kl_penalty's ``kl_penalty`` argument (verl's name) shadows the function inside it.

@@ -239,25 +239,29 @@ def _write_parquet_atomic(rows: list[dict], path: Path) -> None:
         pd.DataFrame(rows, columns=list(REQUIRED_COLUMNS)).to_parquet(tmp, index=False)
 
 
+SYNTHETIC_SIZES = (512, 64)  # train / test problems generated when no size is given
+
+
 def prepare_gsm8k(
     source: str,
     out_dir: str | os.PathLike,
     *,
-    train_size: int | None = 512,
-    test_size: int | None = 64,
+    train_size: int | None = None,
+    test_size: int | None = None,
     seed: int = 0,
 ) -> tuple[Path, Path]:
     """Write ``train.parquet`` and ``test.parquet`` from ``synthetic``, a local jsonl dir, or a hub id.
 
-    For local/hub sources a size of None keeps all rows and an int keeps the first N (no shuffling, so a
-    given size always selects the same problems).
+    For local/hub sources a size of None keeps every row, as verl's preprocessing does, and an int keeps the
+    first N (no shuffling, so a given size always selects the same problems). Synthetic data has no "all": None
+    means 512 train / 64 test problems.
     """
     for what, size in (("train_size", train_size), ("test_size", test_size)):
         if size is not None and size <= 0:
             raise ValueError(f"{what} must be a positive int or None (all rows), got {size}")
     if source == "synthetic":
-        if train_size is None or test_size is None:
-            raise ValueError("source 'synthetic' needs int train_size and test_size ('all' is for real data)")
+        train_size = SYNTHETIC_SIZES[0] if train_size is None else train_size
+        test_size = SYNTHETIC_SIZES[1] if test_size is None else test_size
         rows = synthetic_gsm8k(train_size + test_size, seed)
         train, test, data_source = rows[:train_size], rows[train_size:], SYNTHETIC_SOURCE
     else:
@@ -401,8 +405,20 @@ def main_prepare(argv: Sequence[str] | None = None) -> None:
         "--source", required=True, help="'synthetic', a dir with train.jsonl and test.jsonl, or a hub id"
     )
     parser.add_argument("--out-dir", required=True, type=Path, help="where train.parquet and test.parquet go")
-    parser.add_argument("--train-size", type=_size_arg, default=512, help="first N train rows, or 'all'")
-    parser.add_argument("--test-size", type=_size_arg, default=64, help="first N test rows, or 'all'")
+    parser.add_argument(
+        "--train-size",
+        type=_size_arg,
+        default=None,
+        help=f"first N train rows, or 'all' (default: every row of a folder or hub source, as verl's "
+        f"preprocessing; {SYNTHETIC_SIZES[0]} for synthetic)",
+    )
+    parser.add_argument(
+        "--test-size",
+        type=_size_arg,
+        default=None,
+        help=f"first N test rows, or 'all' (default: every row of a folder or hub source; "
+        f"{SYNTHETIC_SIZES[1]} for synthetic)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for the synthetic generator")
     args = parser.parse_args(argv)
     train, test = prepare_gsm8k(

@@ -31,7 +31,8 @@ def extract_solution(solution_str: str, method: str = "strict") -> str | None:
 
     ``strict`` demands the GSM8K ``#### <number>`` format (the last one wins, commas dropped; like verl,
     ``#### $18`` is not an answer because the number must follow ``#### `` directly); ``flexible`` takes the
-    last number-like token as written, ignoring a bare ``.``.
+    last number-like token as written, ignoring a bare ``.`` (when every match is a dot, verl returns the first dot,
+    which then scores ``format_score``).
     """
     if method not in EXTRACT_METHODS:
         raise ValueError(f"Unknown extraction method {method!r}; valid: {', '.join(EXTRACT_METHODS)}.")
@@ -39,8 +40,11 @@ def extract_solution(solution_str: str, method: str = "strict") -> str | None:
     if method == "strict":
         found = _STRICT_ANSWER.findall(tail)
         return found[-1].replace(",", "") if found else None
-    candidates = [token for token in _NUMBER_LIKE.findall(tail) if token not in ("", ".")]
-    return candidates[-1] if candidates else None
+    found = _NUMBER_LIKE.findall(tail)
+    candidates = [token for token in found if token not in ("", ".")]
+    if candidates:
+        return candidates[-1]
+    return found[0] if found else None  # only bare dots: verl's loop ends on the first one
 
 
 def gsm8k_compute_score(

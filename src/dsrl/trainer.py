@@ -16,6 +16,7 @@ import random
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from omegaconf import DictConfig
 from dsrl import algorithms as algos
 from dsrl import atomic, checkpoint, dist, failures, hf_export
 from dsrl import workers as W
+from dsrl.advantages import compute_advantage
 from dsrl.batching import BatchPlan, plan_batches
 from dsrl.config import ConfigError, save_hf_model, to_container, use_critic
 from dsrl.data import PromptBatcher, encode_prompts, prepare_gsm8k, read_prompts
@@ -236,6 +238,14 @@ class Trainer:
 
     def _build_rollout(self) -> None:
         rollout_cfg = self.cfg.actor_rollout_ref.rollout
+        need = int(self.cfg.data.max_prompt_length) + int(self.cfg.data.max_response_length)
+        if rollout_cfg.max_model_len is not None and need > rollout_cfg.max_model_len:
+            log.info(
+                "rollout: max_prompt_length + max_response_length = %d exceeds max_model_len=%d; each prompt gets "
+                "min(max_response_length, max_model_len - prompt length) new tokens (verl's cap)",
+                need,
+                rollout_cfg.max_model_len,
+            )
         if rollout_cfg.name == "vllm":
             from dsrl.rollout.vllm_rollout import VLLMServerRollout
 
@@ -412,6 +422,7 @@ class Trainer:
             top_k=int(src.top_k),
             do_sample=bool(src.do_sample),
             ignore_eos=bool(r.ignore_eos),
+            max_model_len=None if r.max_model_len is None else int(r.max_model_len),
         )
 
     def _sync(self) -> None:
@@ -437,6 +448,12 @@ class Trainer:
             for name, seconds in self.rollout.timings().items():
                 timer.record(f"gen/{name}", seconds)
             batch = assemble_batch(prompts, responses, n, self.pad_id, int(cfg.data.max_response_length), self.device)
+            if cfg.algorithm.adv_estimator == "remax":
+                with timer.phase("gen_max"):
+                    greedy = self.rollout.generate(prompts, 1, replace(self._sampling(), do_sample=False), 0)
+                    greedy_scores = self._scores(rows, greedy, 1)
+                baselines = [b for b in greedy_scores for _ in range(n)]
+                batch["reward_baselines"] = torch.tensor(baselines, dtype=torch.float32, device=self.device)
             with timer.phase("reward"):
                 scores = torch.tensor(self._scores(rows, responses, n), dtype=torch.float32, device=self.device)
                 batch["token_level_scores"] = algos.scores_to_token_rewards(scores, batch["response_mask"])
@@ -560,15 +577,18 @@ class Trainer:
             rewards, kl_metrics = algos.apply_kl_penalty(scores, old, ref, mask, self.kl_ctrl, cfg.algorithm.kl_penalty)
             metrics.update(kl_metrics)
         values = dist.all_gather_rows(batch["values"]) if "values" in batch else None
-        if cfg.algorithm.adv_estimator == "gae":
-            adv, ret = algos.compute_gae_advantage_return(
-                rewards, values, mask, float(cfg.algorithm.gamma), float(cfg.algorithm.lam)
-            )
-        else:
-            uid = [i for i in global_idx for _ in range(n)]
-            adv, ret = algos.compute_grpo_outcome_advantage(
-                rewards, mask, uid, norm_adv_by_std_in_grpo=bool(cfg.algorithm.norm_adv_by_std_in_grpo)
-            )
+        baselines = dist.all_gather_rows(batch["reward_baselines"]) if "reward_baselines" in batch else None
+        adv, ret = compute_advantage(
+            cfg.algorithm.adv_estimator,
+            rewards,
+            mask,
+            [i for i in global_idx for _ in range(n)],
+            values=values,
+            reward_baselines=baselines,
+            gamma=float(cfg.algorithm.gamma),
+            lam=float(cfg.algorithm.lam),
+            norm_adv_by_std_in_grpo=bool(cfg.algorithm.norm_adv_by_std_in_grpo),
+        )
         rows = batch["response_mask"].shape[0]
         lo = self.launch.rank * rows
         batch["advantages"], batch["returns"] = adv[lo : lo + rows], ret[lo : lo + rows]

@@ -15,6 +15,7 @@ import torch
 
 from dsrl import algorithms as algos
 from dsrl import dist
+from dsrl import policy_losses as PL
 from dsrl.batching import UpdatePlan, fixed_micro_batches, min_token_bins, pack_by_tokens
 
 Batch = dict[str, torch.Tensor]
@@ -181,7 +182,16 @@ def _minis(num: int, plan: UpdatePlan) -> list[list[int]]:
     return [list(range(s, s + plan.mini_per_rank)) for s in range(0, num, plan.mini_per_rank)]
 
 
-LossFn = Callable[[Batch], tuple[torch.Tensor, dict[str, torch.Tensor | float]]]
+LossFn = Callable[[Batch, dict], tuple[torch.Tensor, dict[str, torch.Tensor | float]]]
+# Metrics that are the loss itself: each micro batch holds its share of the mini-batch loss (verl sums them).
+_LOSS_KEYS = ("actor/pg_loss", "actor/entropy_loss", "actor/kl_loss", "critic/vf_loss")
+
+
+def global_batch(mini: Batch, plan: UpdatePlan) -> dict[str, float | int]:
+    """verl's normaliser for one mini batch: its valid tokens and sequences over all ranks, and the rank count."""
+    world = dist.world()
+    tokens = dist.all_reduce_scalars([float(mini["response_mask"].sum().item())], "sum")[0]
+    return {"dp_size": world, "batch_num_tokens": tokens, "global_batch_size": plan.mini_per_rank * world}
 
 
 def _optimize(
@@ -189,8 +199,10 @@ def _optimize(
 ) -> dict[str, float]:
     """Epochs over mini batches, one optimizer step per mini batch, whatever the number of micro batches.
 
-    The gradient-accumulation boundary is set explicitly (token-budget packing varies the micro-batch count) and
-    each micro loss is weighted by its share of the mini batch, so the step sees the mini-batch mean.
+    As in verl 0.9.1, each micro loss is normalised by the whole mini batch's token / sequence count across ranks
+    (`global_batch`) times the rank count; DeepSpeed sums micro gradients (no GAS scaling) and averages over
+    ranks, so the step sees the mini-batch loss's gradient however the batch was split into micro batches.
+    The gradient-accumulation boundary is set explicitly (token-budget packing varies the micro-batch count).
     `step_each_micro` calls `engine.step()` after every micro batch (DeepSpeed's usual pattern) rather than only at
     the boundary (the verl knob VERL_DS_ZERO2_STEP_EACH_MICRO).
     """
@@ -200,15 +212,17 @@ def _optimize(
     for _ in range(epochs):
         for mini_idx in _minis(batch["input_ids"].shape[0], plan):
             mini = select(batch, mini_idx)
+            scale = global_batch(mini, plan)
             micros = _micro_batches(seq_lengths(mini), plan.micro, plan.max_tokens if plan.dynamic else None)
             for i, idx in enumerate(micros):
                 is_last = i == len(micros) - 1
                 engine.set_gradient_accumulation_boundary(is_last)
-                loss, row = loss_fn(select(mini, idx))
-                engine.backward(loss * (len(idx) / plan.mini_per_rank), scale_wrt_gas=False)
+                loss, row = loss_fn(select(mini, idx), scale)
+                engine.backward(loss, scale_wrt_gas=False)
                 if step_each_micro or is_last:
                     engine.step()
-                rows.append(row)
+                # a loss share times the micro count averages (over micro batches, then ranks) to the mini-batch loss
+                rows.append({k: v * len(micros) if k in _LOSS_KEYS else v for k, v in row.items()})
             norm = engine.get_global_grad_norm()
             if norm is not None:
                 rows.append({f"{prefix}/grad_norm": norm})
@@ -232,38 +246,28 @@ def update_actor(
     remove_padding: bool,
     step_each_micro: bool,
 ) -> dict[str, float]:
-    """PPO clipped objective (+ entropy bonus, + KL loss against the reference policy)."""
+    """Policy loss (`policy_loss.loss_mode`, vanilla PPO by default) + entropy bonus + KL loss against the reference."""
     entropy_coeff = float(actor_cfg.entropy_coeff)
     kl_coef = float(actor_cfg.kl_loss_coef) if actor_cfg.use_kl_loss else None
     mode = actor_cfg.loss_agg_mode
+    policy_loss = PL.get_policy_loss_fn(str(actor_cfg.policy_loss.loss_mode))
+    loss_cfg = PL.policy_loss_config(actor_cfg)
+    scale_factor = actor_cfg.loss_scale_factor
 
-    def loss_fn(mb: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+    def loss_fn(mb: Batch, scale: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         log_prob, entropy = log_probs_of(engine, mb, temperature, remove_padding, with_entropy=entropy_coeff != 0)
         mask = mb["response_mask"]
-        pg_loss, clipfrac, ppo_kl, clipfrac_lower = algos.compute_policy_loss(
-            old_log_prob=mb["old_log_probs"],
-            log_prob=log_prob,
-            advantages=mb["advantages"],
-            response_mask=mask,
-            clip_ratio=float(actor_cfg.clip_ratio),
-            clip_ratio_low=actor_cfg.clip_ratio_low,
-            clip_ratio_high=actor_cfg.clip_ratio_high,
-            clip_ratio_c=float(actor_cfg.clip_ratio_c),
-            loss_agg_mode=mode,
-        )
+        agg = {**scale, "loss_scale_factor": scale_factor}
+        pg_loss, pg_metrics = policy_loss(mb["old_log_probs"], log_prob, mb["advantages"], mask, mode, loss_cfg, **agg)
         loss = pg_loss
-        row: dict[str, torch.Tensor | float] = {
-            "actor/pg_loss": pg_loss,
-            "actor/pg_clipfrac": clipfrac,
-            "actor/ppo_kl": ppo_kl,
-            "actor/pg_clipfrac_lower": clipfrac_lower,
-        }
+        row: dict[str, torch.Tensor | float] = {"actor/pg_loss": pg_loss, **pg_metrics}
         if entropy is not None:
-            ent = algos.agg_loss(entropy, mask, mode)
+            ent = algos.agg_loss(entropy, mask, mode, **agg)
             loss = loss - entropy_coeff * ent
             row["actor/entropy_loss"] = ent
         if kl_coef is not None:
-            kl_loss = algos.agg_loss(algos.kl_penalty(log_prob, mb["ref_log_prob"], actor_cfg.kl_loss_type), mask, mode)
+            kld = algos.kl_penalty(log_prob, mb["ref_log_prob"], actor_cfg.kl_loss_type)
+            kl_loss = algos.agg_loss(kld, mask, mode, **agg)
             loss = loss + kl_coef * kl_loss
             row["actor/kl_loss"] = kl_loss
             row["actor/kl_coef"] = kl_coef
@@ -282,7 +286,7 @@ def update_critic(
 ) -> dict[str, float]:
     """Clipped value regression towards the GAE returns."""
 
-    def loss_fn(mb: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+    def loss_fn(mb: Batch, scale: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         vpreds = values_of(engine, mb, remove_padding)
         vf_loss, vf_clipfrac = algos.compute_value_loss(
             vpreds=vpreds,
@@ -291,6 +295,8 @@ def update_critic(
             response_mask=mb["response_mask"],
             cliprange_value=float(critic_cfg.cliprange_value),
             loss_agg_mode=critic_cfg.loss_agg_mode,
+            loss_scale_factor=critic_cfg.loss_scale_factor,
+            **scale,
         )
         row = {
             "critic/vf_loss": vf_loss,

@@ -52,6 +52,24 @@ UNSUPPORTED: dict[str, str] = {
     "trainer.ray_wait_register_center_timeout": "dsrl does not use Ray",
 }
 
+# verl's names for the RL math (dsrl.advantages / dsrl.algorithms / dsrl.policy_losses hold the same tuples; a
+# train test checks they agree: this module stays torch-free for the workflow environment).
+ADV_ESTIMATORS = (
+    "gae",
+    "grpo",
+    "rloo",
+    "reinforce_plus_plus",
+    "reinforce_plus_plus_baseline",
+    "opo",
+    "gpg",
+    "grpo_passk",
+    "remax",
+)
+_KL_TYPES = ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3")
+KL_PENALTY_TYPES = _KL_TYPES + tuple(f"{t}+" for t in _KL_TYPES)
+LOSS_AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+POLICY_LOSS_MODES = ("vanilla", "gspo", "gpg", "clip_cov", "kl_cov", "geo_mean", "cispo")
+
 # Values that dsrl accepts for verl keys whose other upstream values it does not implement.
 CHOICES: dict[str, tuple[Any, ...]] = {
     "actor_rollout_ref.actor.strategy": ("deepspeed",),
@@ -60,22 +78,13 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "critic.ulysses_sequence_parallel_size": (1,),
     "actor_rollout_ref.rollout.name": ("hf", "vllm"),
     "actor_rollout_ref.rollout.mode": ("sync", "async"),
-    "algorithm.adv_estimator": ("gae", "grpo"),
-    "algorithm.kl_penalty": ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3"),
-    "actor_rollout_ref.actor.kl_loss_type": ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3"),
+    "algorithm.adv_estimator": ADV_ESTIMATORS,
+    "algorithm.kl_penalty": KL_PENALTY_TYPES,
+    "actor_rollout_ref.actor.kl_loss_type": KL_PENALTY_TYPES,
     "algorithm.kl_ctrl.type": ("fixed", "adaptive"),
-    "actor_rollout_ref.actor.loss_agg_mode": (
-        "token-mean",
-        "seq-mean-token-sum",
-        "seq-mean-token-mean",
-        "seq-mean-token-sum-norm",
-    ),
-    "critic.loss_agg_mode": (
-        "token-mean",
-        "seq-mean-token-sum",
-        "seq-mean-token-mean",
-        "seq-mean-token-sum-norm",
-    ),
+    "actor_rollout_ref.actor.loss_agg_mode": LOSS_AGG_MODES,
+    "critic.loss_agg_mode": LOSS_AGG_MODES,
+    "actor_rollout_ref.actor.policy_loss.loss_mode": POLICY_LOSS_MODES,
     "data.truncation": ("error",),
     "trainer.resume_mode": ("auto", "disable", "resume_path"),
     "trainer.device": ("auto", "cpu", "cuda"),
@@ -286,6 +295,8 @@ NULLABLE: dict[str, type] = {
     "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": int,
     "actor_rollout_ref.actor.clip_ratio_low": float,
     "actor_rollout_ref.actor.clip_ratio_high": float,
+    "actor_rollout_ref.actor.loss_scale_factor": float,
+    "critic.loss_scale_factor": float,
     "actor_rollout_ref.ref.log_prob_micro_batch_size": int,
     "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu": int,
     "actor_rollout_ref.rollout.max_model_len": int,
@@ -341,25 +352,23 @@ def validate(cfg: DictConfig) -> None:
     rollout = cfg.actor_rollout_ref.rollout
     if rollout.n < 1:
         raise ConfigError(f"actor_rollout_ref.rollout.n={rollout.n} must be >= 1")
-    if cfg.algorithm.adv_estimator == "grpo" and rollout.n < 2:
+    estimator = cfg.algorithm.adv_estimator
+    if estimator in ("grpo", "grpo_passk") and rollout.n < 2:
         raise ConfigError(
-            "algorithm.adv_estimator=grpo needs actor_rollout_ref.rollout.n >= 2 (advantages are normalised "
-            f"within each prompt's group of responses; got n={rollout.n})"
+            f"algorithm.adv_estimator={estimator} needs actor_rollout_ref.rollout.n >= 2 (advantages compare "
+            f"each prompt's group of responses; got n={rollout.n})"
         )
-    if cfg.critic.enable is True and cfg.algorithm.adv_estimator == "grpo":
-        raise ConfigError("critic.enable=True has no use with algorithm.adv_estimator=grpo (set critic.enable=False)")
+    if cfg.critic.enable is True and estimator != "gae":
+        raise ConfigError(
+            f"critic.enable=True has no use with algorithm.adv_estimator={estimator} (set critic.enable=False)"
+        )
     if cfg.critic.enable is False and cfg.algorithm.adv_estimator == "gae":
         raise ConfigError("algorithm.adv_estimator=gae needs a critic: set critic.enable=True or use grpo")
     for key in ("data.max_prompt_length", "data.max_response_length", "data.train_batch_size"):
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key}={_get(cfg, key)} must be >= 1")
-    if rollout.max_model_len is not None:
-        need = cfg.data.max_prompt_length + cfg.data.max_response_length
-        if need > rollout.max_model_len:
-            raise ConfigError(
-                f"data.max_prompt_length + data.max_response_length = {need} exceeds "
-                f"actor_rollout_ref.rollout.max_model_len={rollout.max_model_len}"
-            )
+    if rollout.max_model_len is not None and rollout.max_model_len < 2:
+        raise ConfigError(f"actor_rollout_ref.rollout.max_model_len={rollout.max_model_len} must be >= 2")
     if not 0 < rollout.top_p <= 1:
         raise ConfigError(f"actor_rollout_ref.rollout.top_p={rollout.top_p} must be in (0, 1]")
     if rollout.temperature < 0:

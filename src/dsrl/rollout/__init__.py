@@ -20,6 +20,24 @@ class Sampling:
     top_k: int = -1
     do_sample: bool = True
     ignore_eos: bool = False
+    max_model_len: int | None = None
+
+
+def new_token_cap(prompt_len: int, sampling: Sampling) -> int:
+    """verl's per-request budget: ``min(response_length, max_model_len - len(prompt_ids))`` new tokens.
+
+    A configuration whose prompt + response length exceeds the rollout's context stays valid; only prompts that
+    leave no room for a single token are an error (as in verl's vLLM server).
+    """
+    if sampling.max_model_len is None:
+        return sampling.max_new_tokens
+    room = sampling.max_model_len - prompt_len
+    if room < 1:
+        raise ValueError(
+            f"Prompt length ({prompt_len}) leaves no room to generate within "
+            f"actor_rollout_ref.rollout.max_model_len={sampling.max_model_len}; need at least 1 token of headroom."
+        )
+    return min(sampling.max_new_tokens, room)
 
 
 class Rollout(Protocol):

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from dsrl.engines import full_parameters
-from dsrl.rollout import Sampling, trim_response
+from dsrl.rollout import Sampling, new_token_cap, trim_response
 
 
 class HFRollout:
@@ -55,8 +55,11 @@ class HFRollout:
         for i, r in enumerate(rows):
             ids[i, plen - len(r) :] = torch.tensor(r)
             mask[i, plen - len(r) :] = 1
+        # One batched generate runs to the largest cap; cutting each row at its own cap afterwards gives exactly
+        # the tokens a per-prompt budget would (a row's tokens never depend on later steps).
+        caps = [new_token_cap(len(r), s) for r in rows]
         kwargs = {
-            "max_new_tokens": s.max_new_tokens,
+            "max_new_tokens": max(caps),
             "pad_token_id": self.pad_id,
             "eos_token_id": None if s.ignore_eos else sorted(self.eos_ids),
             "use_cache": True,
@@ -66,7 +69,10 @@ class HFRollout:
         else:
             kwargs.update(do_sample=False)
         seqs = model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
-        return [trim_response(row[plen:].tolist(), self.eos_ids, s.ignore_eos) for row in seqs]
+        return [
+            trim_response(row[plen : plen + cap].tolist(), self.eos_ids, s.ignore_eos)
+            for row, cap in zip(seqs, caps, strict=True)
+        ]
 
     def sync_weights(self) -> None:
         return None

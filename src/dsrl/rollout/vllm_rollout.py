@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 
 from dsrl import dist
 from dsrl.metrics import Timer
-from dsrl.rollout import Sampling, trim_response
+from dsrl.rollout import Sampling, new_token_cap, trim_response
 from dsrl.rollout.server_layout import group_of, server_groups
 from dsrl.rollout.vllm_server import SERVED_NAME, VLLMServer, check_cpu_head_dim, check_vllm_version, start_server
 from dsrl.rollout.weight_push import BucketPacker, Slot, StagingBuffer
@@ -122,7 +122,6 @@ class VLLMServerRollout:
             self._wake("weights", "kv_cache")
         body: dict[str, Any] = {
             "model": SERVED_NAME,
-            "max_tokens": sampling.max_new_tokens,
             "n": n,
             "return_token_ids": True,
             "ignore_eos": sampling.ignore_eos,
@@ -135,7 +134,7 @@ class VLLMServerRollout:
             body.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
         else:
             body.update(temperature=0.0)
-        requests = [{**body, "prompt": list(p)} for p in prompts]
+        requests = [{**body, "prompt": list(p), "max_tokens": new_token_cap(len(p), sampling)} for p in prompts]
         # vLLM seeds the n samples of a request with seed, seed+1, ..., seed+n-1: give each prompt its own range, or
         # prompts would share random streams. Seeded sampling makes a resumed run sample what an uninterrupted one did.
         for i, r in enumerate(requests):
