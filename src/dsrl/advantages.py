@@ -12,18 +12,8 @@ from collections.abc import Hashable, Sequence
 import torch
 
 from dsrl.algorithms import compute_gae_advantage_return, compute_grpo_outcome_advantage, masked_whiten
+from dsrl.config import ADV_ESTIMATORS
 
-ADV_ESTIMATORS = (
-    "gae",
-    "grpo",
-    "rloo",
-    "reinforce_plus_plus",
-    "reinforce_plus_plus_baseline",
-    "opo",
-    "gpg",
-    "grpo_passk",
-    "remax",
-)
 # Estimators that compare the n responses of a prompt with each other (they need rollout.n >= 2).
 GROUP_ESTIMATORS = ("grpo", "rloo", "opo", "grpo_passk")
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 
-LOSS_AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-_KL_BASE_TYPES = ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3")
-# "<type>+": the forward value of <type> with the gradient of k2 (straight-through, verl's unbiased KL gradient).
-KL_PENALTY_TYPES = _KL_BASE_TYPES + tuple(f"{t}+" for t in _KL_BASE_TYPES)
+# verl's names, owned by the torch-free config module that validates them. "<type>+" KL: the forward value of
+# <type> with the gradient of k2 (straight-through, verl's unbiased KL gradient).
+from dsrl.config import KL_PENALTY_TYPES, LOSS_AGG_MODES
+
 KL_CONTROLLER_KINDS = ("fixed", "adaptive")
 
 

@@ -52,8 +52,8 @@ UNSUPPORTED: dict[str, str] = {
     "trainer.ray_wait_register_center_timeout": "dsrl does not use Ray",
 }
 
-# verl's names for the RL math (dsrl.advantages / dsrl.algorithms / dsrl.policy_losses hold the same tuples; a
-# train test checks they agree: this module stays torch-free for the workflow environment).
+# verl's names for the RL math, owned here (torch-free, for the workflow environment) and imported by
+# dsrl.advantages and dsrl.algorithms; a train test checks dsrl.policy_losses' registry against them.
 ADV_ESTIMATORS = (
     "gae",
     "grpo",
