@@ -13,11 +13,11 @@ from pathlib import Path
 import pandas as pd
 
 from dsrl.analysis import gate
-from dsrl.analysis.atomic import atomic_output
 from dsrl.analysis.logs import load_metrics
 from dsrl.analysis.parity import TOLERANCES, parity_table
 from dsrl.analysis.summary import RunRecord
 from dsrl.analysis.tasks import read_tsv
+from dsrl.atomic import atomic_output
 
 ORDER = [
     "zero1_no_offload",

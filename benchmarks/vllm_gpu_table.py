@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from dsrl.analysis.atomic import atomic_output
 from dsrl.analysis.logs import load_metrics
+from dsrl.atomic import atomic_output
 
 PHASES = {
     "step s": "timing_s/step",

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("matplotlib", reason="plots need the workflow environment")
 
-from dsrl.analysis import tasks  # noqa: E402
+from dsrl.analysis import plots, tasks  # noqa: E402
 from dsrl.analysis.imports import discover_runs  # noqa: E402
 
 STEP_LINE = "step:{s} - critic/score/mean:np.float64({score}) - perf/throughput:{tp:.3f} - timing_s/gen:1.0"
@@ -71,10 +71,10 @@ def test_gate_files_end_to_end(tmp_path):
     score = "critic/score/mean"
     for name, call in {
         "curves": lambda out: tasks.plot_curves(runs, parquets, infos, score, "score", "t", out),
-        "resources": lambda out: tasks.plot_resources(tmp_path / "summary.tsv", out),
-        "memory": lambda out: tasks.plot_memory(tmp_path / "summary.tsv", out),
-        "deltas": lambda out: tasks.plot_deltas(tmp_path / "c.tsv", out),
-        "timings": lambda out: tasks.plot_timings(tmp_path / "summary.tsv", out),
+        "resources": lambda out: plots.plot_resources(tasks.read_tsv(tmp_path / "summary.tsv"), out),
+        "memory": lambda out: plots.plot_memory(tasks.read_tsv(tmp_path / "summary.tsv"), out),
+        "deltas": lambda out: plots.plot_deltas(tasks.read_tsv(tmp_path / "c.tsv"), out),
+        "timings": lambda out: plots.plot_timings(tasks.read_tsv(tmp_path / "summary.tsv"), out),
     }.items():
         png, svg = tmp_path / "plots" / f"{name}.png", tmp_path / "plots" / f"{name}.svg"
         call([png, svg])

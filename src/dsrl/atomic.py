@@ -7,7 +7,10 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @contextmanager
@@ -33,3 +36,10 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_tsv(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """A tab-separated table without the index (the index never carries data here)."""
+    with atomic_output(path) as tmp:
+        frame.to_csv(tmp, sep="\t", index=False, na_rep="nan")
+    return Path(path)

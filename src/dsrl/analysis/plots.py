@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from dsrl.analysis.atomic import atomic_output
 from dsrl.analysis.summary import RunRecord, timing_phases
+from dsrl.atomic import atomic_output
 
 matplotlib.use("Agg")  # headless: cluster nodes have no display; pyplot picks its backend lazily
 

@@ -10,10 +10,9 @@ from pathlib import Path
 import pandas as pd
 
 from dsrl.analysis import gate, parity, plots
-from dsrl.analysis.atomic import atomic_output, write_tsv
 from dsrl.analysis.logs import ParseResult, last_error_line, load_metrics, parse_console_log
 from dsrl.analysis.summary import RunRecord, read_run_record, summarize_runs
-from dsrl.atomic import write_json
+from dsrl.atomic import atomic_output, write_json, write_tsv
 
 PathLike = str | os.PathLike[str]
 
@@ -134,19 +133,3 @@ def plot_curves(
 ) -> None:
     curves = plots.stack_metrics(_records(runs, metrics, run_jsons), metric)
     plots.plot_curves(curves, ylabel, title, [Path(p) for p in out])
-
-
-def plot_resources(summary_tsv: PathLike, out: Sequence[PathLike]) -> None:
-    plots.plot_resources(read_tsv(summary_tsv), out)
-
-
-def plot_deltas(compare_tsv: PathLike, out: Sequence[PathLike]) -> None:
-    plots.plot_deltas(read_tsv(compare_tsv), out)
-
-
-def plot_timings(summary_tsv: PathLike, out: Sequence[PathLike]) -> None:
-    plots.plot_timings(read_tsv(summary_tsv), out)
-
-
-def plot_memory(summary_tsv: PathLike, out: Sequence[PathLike]) -> None:
-    plots.plot_memory(read_tsv(summary_tsv), out)
