@@ -14,24 +14,6 @@ configfile: "config/config.yaml"
 report: "report/workflow.rst"
 
 
-# Everything but training and data preparation is seconds of pandas/matplotlib: run it on the submit host
-# rather than as cluster jobs.
-localrules:
-    all,
-    parse_run,
-    import_run,
-    summary,
-    compare,
-    parity,
-    suite_overall,
-    overall,
-    plot_curves,
-    plot_resources,
-    plot_memory,
-    plot_timings,
-    plot_deltas,
-
-
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
@@ -43,3 +25,4 @@ rule all:
     default_target: True
     input:
         final_outputs(),
+    localrule: True

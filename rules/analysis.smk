@@ -1,10 +1,15 @@
+# Per run -> per suite -> across suites: seconds of pandas on the submit host (localrule), each rule calling
+# dsrl.analysis through one script.
+
+
 rule parse_run:
     input:
-        f"{RUN_DIR}/metrics.jsonl",
+        paths.RUN_METRICS_JSONL,
     output:
-        f"{RUN_DIR}/metrics.parquet",
+        paths.RUN_METRICS,
     log:
-        "results/logs/parse_run/{suite}/{algo}/{case}/seed{seed}.log",
+        paths.log("parse_run", paths.RUN_KEY),
+    localrule: True
     conda:
         "../envs/analysis.yaml"
     script:
@@ -13,73 +18,77 @@ rule parse_run:
 
 rule import_run:
     input:
-        import_log,
+        get_import_log,
     output:
-        metrics="results/imports/{suite}/{algo}/{case}/seed{seed}/metrics.parquet",
-        run_json="results/imports/{suite}/{algo}/{case}/seed{seed}/run.json",
+        metrics=paths.IMPORT_METRICS,
+        run_json=paths.IMPORT_RUN_JSON,
     log:
-        "results/logs/import_run/{suite}/{algo}/{case}/seed{seed}.log",
+        paths.log("import_run", paths.RUN_KEY),
+    localrule: True
     conda:
         "../envs/analysis.yaml"
     params:
-        steps=lambda wc: suite_of(wc).steps,
+        steps=get_steps,
     script:
         "../workflow/scripts/import_run.py"
 
 
 rule summary:
     input:
-        metrics=run_metrics,
-        run_json=run_jsons,
+        metrics=get_run_metrics,
+        run_json=get_run_jsons,
     output:
-        "results/{suite}/summary.tsv",
+        paths.SUMMARY,
     log:
-        "results/logs/summary/{suite}.log",
+        paths.log("summary", "{suite}"),
+    localrule: True
     conda:
         "../envs/analysis.yaml"
     params:
-        runs=run_keys,
-        steps=lambda wc: suite_of(wc).steps,
+        runs=get_run_keys,
+        steps=get_steps,
     script:
         "../workflow/scripts/summary.py"
 
 
 rule compare:
     input:
-        "results/{suite}/summary.tsv",
+        paths.SUMMARY,
     output:
-        "results/{suite}/compare.tsv",
+        paths.COMPARE,
     log:
-        "results/logs/compare/{suite}.log",
+        paths.log("compare", "{suite}"),
+    localrule: True
     conda:
         "../envs/analysis.yaml"
     params:
-        baseline=lambda wc: gate_of(wc)["baseline"],
-        candidate=lambda wc: gate_of(wc)["candidate"],
-        threshold=lambda wc: gate_of(wc).get("threshold", 0.02),
-        metric=lambda wc: gate_of(wc).get("metric", "avg_score_tail5"),
+        baseline=lambda wc: get_gate(wc)["baseline"],
+        candidate=lambda wc: get_gate(wc)["candidate"],
+        threshold=lambda wc: get_gate(wc).get("threshold", 0.02),
+        metric=lambda wc: get_gate(wc).get("metric", "avg_score_tail5"),
     script:
         "../workflow/scripts/compare.py"
 
 
 rule parity:
     input:
-        metrics=run_metrics,
-        run_json=run_jsons,
+        metrics=get_run_metrics,
+        run_json=get_run_jsons,
     output:
         report(
-            "results/{suite}/parity.tsv",
+            paths.PARITY,
             caption="../report/parity.rst",
             category="{suite}",
             subcategory="parity",
         ),
     log:
-        "results/logs/parity/{suite}.log",
+        paths.log("parity", "{suite}"),
+    localrule: True
     conda:
         "../envs/analysis.yaml"
     params:
-        runs=run_keys,
-        baseline=parity_baseline,
+        runs=get_run_keys,
+        baseline=get_parity_baseline,
         device=PLAN.device,
     script:
         "../workflow/scripts/parity.py"
@@ -87,28 +96,30 @@ rule parity:
 
 rule suite_overall:
     input:
-        summary="results/{suite}/summary.tsv",
-        compare=compare_input,
+        summary=paths.SUMMARY,
+        compare=get_compare,
     output:
-        "results/{suite}/overall.tsv",
+        paths.SUITE_OVERALL,
     log:
-        "results/logs/suite_overall/{suite}.log",
+        paths.log("suite_overall", "{suite}"),
+    localrule: True
     conda:
         "../envs/analysis.yaml"
     params:
-        steps=lambda wc: suite_of(wc).steps,
-        gate=lambda wc: dict(suite_of(wc).gate or {}),
+        steps=get_steps,
+        gate=lambda wc: dict(get_suite(wc).gate or {}),
     script:
         "../workflow/scripts/suite_overall.py"
 
 
 rule overall:
     input:
-        expand("results/{suite}/overall.tsv", suite=PLAN.active),
+        expand(paths.SUITE_OVERALL, suite=PLAN.active),
     output:
-        "results/overall.tsv",
+        paths.OVERALL,
     log:
-        "results/logs/overall.log",
+        paths.log("overall"),
+    localrule: True
     conda:
         "../envs/analysis.yaml"
     params:

@@ -1,11 +1,14 @@
+# GSM8K (synthetic, a folder of jsonl files, or a hub id) -> verl's parquet schema, once for every run.
+
+
 rule prepare_data:
     input:
-        data_inputs,
+        get_data_sources,
     output:
-        train="results/data/train.parquet",
-        test="results/data/test.parquet",
+        train=paths.TRAIN_DATA,
+        test=paths.TEST_DATA,
     log:
-        "results/logs/prepare_data.log",
+        paths.log("prepare_data"),
     conda:
         "../envs/analysis.yaml"
     resources:
@@ -13,11 +16,7 @@ rule prepare_data:
         mem_mb=4000,
     params:
         source=config["data"]["source"],
-        sizes=" ".join(
-            f"--{key.replace('_', '-')} {config['data'][key]}"
-            for key in ("train_size", "test_size")
-            if config["data"].get(key)
-        ),
+        sizes=get_data_sizes,
         seed=config["data"]["seed"],
         out_dir=lambda wildcards, output: Path(output.train).parent,
         bin=WORKFLOW_BIN,

@@ -1,24 +1,25 @@
-PLOTS = "results/plots/{suite}"
+# Figures per suite (PNG for the report, SVG for papers): seconds of matplotlib on the submit host.
 
 
 rule plot_curves:
     input:
-        metrics=run_metrics,
-        run_json=run_jsons,
+        metrics=get_run_metrics,
+        run_json=get_run_jsons,
     output:
         png=report(
-            f"{PLOTS}/{{curve}}_curves.png",
+            paths.plot("{curve}_curves", "png"),
             caption="../report/curves.rst",
             category="{suite}",
             subcategory="curves",
         ),
-        svg=f"{PLOTS}/{{curve}}_curves.svg",
+        svg=paths.plot("{curve}_curves", "svg"),
     log:
-        "results/logs/plot_curves/{suite}_{curve}.log",
+        paths.log("plot_curves", "{suite}_{curve}"),
+    localrule: True
     conda:
         "../envs/analysis.yaml"
     params:
-        runs=run_keys,
+        runs=get_run_keys,
         metric=lambda wc: CURVES[wc.curve][0],
         ylabel=lambda wc: CURVES[wc.curve][1],
     script:
@@ -27,17 +28,18 @@ rule plot_curves:
 
 rule plot_resources:
     input:
-        "results/{suite}/summary.tsv",
+        paths.SUMMARY,
     output:
         png=report(
-            f"{PLOTS}/resources.png",
+            paths.plot("resources", "png"),
             caption="../report/resources.rst",
             category="{suite}",
             subcategory="resources",
         ),
-        svg=f"{PLOTS}/resources.svg",
+        svg=paths.plot("resources", "svg"),
     log:
-        "results/logs/plot_resources/{suite}.log",
+        paths.log("plot_resources", "{suite}"),
+    localrule: True
     conda:
         "../envs/analysis.yaml"
     script:
@@ -46,17 +48,18 @@ rule plot_resources:
 
 rule plot_timings:
     input:
-        "results/{suite}/summary.tsv",
+        paths.SUMMARY,
     output:
         png=report(
-            f"{PLOTS}/timings.png",
+            paths.plot("timings", "png"),
             caption="../report/timings.rst",
             category="{suite}",
             subcategory="timings",
         ),
-        svg=f"{PLOTS}/timings.svg",
+        svg=paths.plot("timings", "svg"),
     log:
-        "results/logs/plot_timings/{suite}.log",
+        paths.log("plot_timings", "{suite}"),
+    localrule: True
     conda:
         "../envs/analysis.yaml"
     script:
@@ -65,17 +68,18 @@ rule plot_timings:
 
 rule plot_deltas:
     input:
-        "results/{suite}/compare.tsv",
+        paths.COMPARE,
     output:
         png=report(
-            f"{PLOTS}/deltas.png",
+            paths.plot("deltas", "png"),
             caption="../report/deltas.rst",
             category="{suite}",
             subcategory="gate",
         ),
-        svg=f"{PLOTS}/deltas.svg",
+        svg=paths.plot("deltas", "svg"),
     log:
-        "results/logs/plot_deltas/{suite}.log",
+        paths.log("plot_deltas", "{suite}"),
+    localrule: True
     conda:
         "../envs/analysis.yaml"
     script:
@@ -84,17 +88,18 @@ rule plot_deltas:
 
 rule plot_memory:
     input:
-        "results/{suite}/summary.tsv",
+        paths.SUMMARY,
     output:
         png=report(
-            f"{PLOTS}/memory.png",
+            paths.plot("memory", "png"),
             caption="../report/memory.rst",
             category="{suite}",
             subcategory="resources",
         ),
-        svg=f"{PLOTS}/memory.svg",
+        svg=paths.plot("memory", "svg"),
     log:
-        "results/logs/plot_memory/{suite}.log",
+        paths.log("plot_memory", "{suite}"),
+    localrule: True
     conda:
         "../envs/analysis.yaml"
     script:

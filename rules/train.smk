@@ -1,22 +1,17 @@
 # One DeepSpeed run per (suite, algo, case, seed). A failed run exits non-zero, so Snakemake removes its
 # outputs (train.log is kept): nothing downstream reads it, --keep-going lets the other runs finish, and the
 # same command later reruns only the failed ones.
-RUN_DIR = "results/runs/{suite}/{algo}/{case}/seed{seed}"
-# --software-deployment-method conda: one trainer environment per device (config `device`).
-TRAIN_ENV = (
-    "../envs/train-cuda.yaml" if config["device"] == "cuda" else "../envs/train.yaml"
-)
 
 
 rule train:
     input:
-        train="results/data/train.parquet",
-        test="results/data/test.parquet",
+        train=paths.TRAIN_DATA,
+        test=paths.TEST_DATA,
     output:
-        metrics=f"{RUN_DIR}/metrics.jsonl",
-        run_json=f"{RUN_DIR}/run.json",
+        metrics=paths.RUN_METRICS_JSONL,
+        run_json=paths.RUN_JSON,
     log:
-        f"{RUN_DIR}/train.log",
+        paths.RUN_LOG,
     conda:
         TRAIN_ENV
     threads: PLAN.processes
@@ -30,8 +25,9 @@ rule train:
         nodes=1,
         tasks=1,
     params:
-        command=lambda wc: PLAN.train_shell(
-            PLAN.run(wc.suite, wc.algo, wc.case, wc.seed)
-        ),
+        lease=get_gpu_lease,
+        trainer=PLAN.trainer,
+        nproc=PLAN.processes,
+        overrides=get_train_overrides,
     shell:
-        "{params.command} 2>&1 | tee {log}"
+        "{params.lease}{params.trainer:q} train --nproc-per-node {params.nproc} {params.overrides} 2>&1 | tee {log}"

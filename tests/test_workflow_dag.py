@@ -169,7 +169,7 @@ def test_local_gpu_profile_leases_gpus_per_job(workdir):
     target = "results/runs/zero_six/grpo/zero3_cpu_offload/seed7777/metrics.jsonl"
     out = snakemake(workdir, "--profile", "profiles/local-gpu", "-n", "--config", "processes_per_job=4", "--", target)
     command = next(line for line in out.stdout.splitlines() if "bin/dsrl train" in line)
-    assert "-m dsrl.workflow_support gpu-run --slots 8 --count 4 -- " in command
+    assert "-m dsrl.workflow.gpu_lease gpu-run --slots 8 --count 4 -- " in command
     assert "--nproc-per-node 4" in command and "trainer.device=cuda" in command
 
 

@@ -1,4 +1,4 @@
-"""Run matrix, trainer command lines, config errors and GPU leases of dsrl.workflow_support (no Snakemake)."""
+"""Run matrix, trainer command lines, config errors and GPU leases of dsrl.workflow (no Snakemake)."""
 
 import copy
 import os
@@ -11,7 +11,10 @@ import pytest
 import yaml
 
 from dsrl.config import ConfigError
-from dsrl.workflow_support import Plan, check_gpus_for_local_jobs, format_value, gpu_run, lease_gpus, slot_devices
+from dsrl.workflow.checks import gpus_for_local_jobs
+from dsrl.workflow.commands import format_value, lease_argv
+from dsrl.workflow.gpu_lease import gpu_run, lease_gpus, slot_devices
+from dsrl.workflow.plan import Plan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,8 +66,6 @@ def test_overrides_precedence_and_workflow_keys(config, tmp_path):
     assert z1["data.train_batch_size"] == "16"
     assert "actor_rollout_ref.actor.deepspeed.param_offload" not in z1
     assert z1["critic.enable"] == "False"
-    argv = plan.train_argv(plan.run("zero_six", "grpo", "zero1_no_offload", 7777))
-    assert argv[1:4] == ["train", "--nproc-per-node", "2"]
 
 
 def test_ppo_runs_use_gae(config, tmp_path):
@@ -113,16 +114,14 @@ def test_bare_trainer_command_is_left_to_path(config, tmp_path):
 
 
 def test_gpu_lease_wraps_the_command_only_on_cuda_with_slots(config, tmp_path):
-    run_args = ("zero_six", "grpo", "zero1_no_offload", 7777)
     config["gpu_slots"] = 4
     plan = Plan(config, tmp_path)
-    assert "gpu-run" not in plan.train_argv(plan.run(*run_args))
+    assert lease_argv(plan.gpu_slots, plan.gpus_per_job) == []
     config["device"] = "cuda"
     plan = Plan(config, tmp_path)
-    argv = plan.train_argv(plan.run(*run_args))
-    assert argv[:4] == [sys.executable, "-m", "dsrl.workflow_support", "gpu-run"]
-    assert argv[4:8] == ["--slots", "4", "--count", "2"]
-    assert argv[8:10] == ["--", plan.trainer]
+    argv = lease_argv(plan.gpu_slots, plan.gpus_per_job)
+    assert argv[:4] == [sys.executable, "-m", "dsrl.workflow.gpu_lease", "gpu-run"]
+    assert argv[4:] == ["--slots", "4", "--count", "2", "--"]
     assert plan.gpus_per_job == 2
 
 
@@ -176,7 +175,7 @@ def test_lease_of_a_killed_holder_is_freed(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time; from dsrl.workflow_support import lease_gpus\n"
+            "import sys, time; from dsrl.workflow.gpu_lease import lease_gpus\n"
             f"with lease_gpus(1, ['0'], __import__('pathlib').Path({str(tmp_path)!r})):\n"
             "    print('held', flush=True); time.sleep(60)",
         ],
@@ -219,6 +218,6 @@ def test_gpu_run_sets_visible_devices_and_passes_exit_code(tmp_path, capfd, monk
 def test_gpu_jobs_need_visible_gpus_when_run_locally(device, local_exec, dryrun, visible, fails):
     if fails:
         with pytest.raises(ConfigError, match="--profile slurm"):
-            check_gpus_for_local_jobs(device, local_exec, dryrun, visible, needed=2)
+            gpus_for_local_jobs(device, local_exec, dryrun, visible, needed=2)
     else:
-        check_gpus_for_local_jobs(device, local_exec, dryrun, visible, needed=2)
+        gpus_for_local_jobs(device, local_exec, dryrun, visible, needed=2)

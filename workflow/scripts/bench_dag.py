@@ -3,7 +3,7 @@
     .venv/bin/python workflow/scripts/bench_dag.py [--repeats 3] [--seeds 10]
 
 Builds a throwaway working directory with that matrix as its config and a stub trainer, then times
-(1) dsrl.workflow_support.Plan (config checks + run matrix, in process) and (2) a full `snakemake --dry-run`
+(1) dsrl.workflow.plan.Plan (config checks + run matrix, in process) and (2) a full `snakemake --dry-run`
 (interpreter start, parsing, DAG of every job), and prints min/median per stage.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from dsrl.workflow_support import Plan
+from dsrl.workflow.plan import Plan
 
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
