@@ -1,4 +1,4 @@
-"""Tests for dsrl.data: GSM8K preparation in verl's schema, reading, batching and prompt encoding."""
+"""dsrl.data_prep (GSM8K in verl's schema) and dsrl.data (reading, batching and prompt encoding)."""
 
 import ast
 import json
@@ -10,18 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dsrl.data import (
-    INSTRUCTION,
-    REQUIRED_COLUMNS,
-    PromptBatcher,
-    encode_prompts,
-    main_prepare,
-    prepare_gsm8k,
-    read_gsm8k_jsonl,
-    read_prompts,
-    synthetic_gsm8k,
-    to_verl_rows,
-)
+from dsrl.data import REQUIRED_COLUMNS, PromptBatcher, encode_prompts, read_prompts
+from dsrl.data_prep import INSTRUCTION, main_prepare, prepare_gsm8k, read_gsm8k_jsonl, synthetic_gsm8k, to_verl_rows
 
 REAL_GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}

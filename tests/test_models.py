@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file  # noqa: E402
 
 from dsrl import models  # noqa: E402
-from dsrl.data import synthetic_gsm8k, to_verl_rows  # noqa: E402
+from dsrl.data_prep import synthetic_gsm8k, to_verl_rows  # noqa: E402
 from dsrl.models import PRESETS, preset_config, resolve_model_path, train_tokenizer  # noqa: E402
 
 pytestmark = pytest.mark.train

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dsrl.data import prepare_gsm8k
+from dsrl.data_prep import prepare_gsm8k
 
 DSRL = Path(sys.executable).parent / "dsrl"
 # Valid except for what each case breaks: 2 ranks, 8 prompts, mini batch 4, micro batch 2.

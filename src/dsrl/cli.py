@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sub, rest = argv[0], argv[1:]
     if sub == "prepare-data":
-        from dsrl.data import main_prepare
+        from dsrl.data_prep import main_prepare
 
         try:
             main_prepare(rest)

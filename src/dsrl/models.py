@@ -19,7 +19,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsrl.data import INSTRUCTION, read_gsm8k_jsonl, read_prompts, synthetic_gsm8k
+from dsrl.data import read_prompts
+from dsrl.data_prep import INSTRUCTION, read_gsm8k_jsonl, synthetic_gsm8k
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast, Qwen3Config

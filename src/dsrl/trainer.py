@@ -30,7 +30,8 @@ from dsrl import workers as W
 from dsrl.advantages import compute_advantage
 from dsrl.batching import BatchPlan, plan_batches
 from dsrl.config import ConfigError, save_hf_model, to_container, use_critic
-from dsrl.data import PromptBatcher, encode_prompts, prepare_gsm8k, read_prompts
+from dsrl.data import PromptBatcher, encode_prompts, read_prompts
+from dsrl.data_prep import prepare_gsm8k
 from dsrl.engines import DTYPES, EngineSpec, build_spec, initialize, load_model, lr_lambda, model_states_estimate
 from dsrl.flops import mfu, peak_flops, train_flops
 from dsrl.loggers import Tracking, logger_names
