@@ -47,6 +47,10 @@ class BatchPlan:
     log_prob_micro: int
     ref_log_prob_micro: int
     values_micro: int
+    # Token budgets of the forward-only passes (None: fixed micro batches of the sizes above).
+    log_prob_max_tokens: int | None
+    ref_log_prob_max_tokens: int | None
+    values_max_tokens: int | None
 
 
 def _per_gpu_micro(section: DictConfig, prefix: str, key: str, world_size: int) -> int | None:
@@ -141,6 +145,9 @@ def plan_batches(cfg: DictConfig, world_size: int) -> BatchPlan:
         log_prob_micro=log_prob or actor.micro,
         ref_log_prob_micro=ref_micro or log_prob or actor.micro,
         values_micro=int(values) if values else (critic.micro if critic else actor.micro),
+        log_prob_max_tokens=rollout.log_prob_max_token_len_per_gpu if rollout.log_prob_use_dynamic_bsz else None,
+        ref_log_prob_max_tokens=ref.log_prob_max_token_len_per_gpu if ref.log_prob_use_dynamic_bsz else None,
+        values_max_tokens=cfg.critic.forward_max_token_len_per_gpu if cfg.critic.use_dynamic_bsz else None,
     )
 
 

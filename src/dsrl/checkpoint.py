@@ -6,13 +6,17 @@ a `COMPLETE` marker exists, so a run killed mid-save never resumes from a half-w
 
 from __future__ import annotations
 
+import logging
+import random
 import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from omegaconf import DictConfig
 
 from dsrl import atomic, dist
 
@@ -20,6 +24,7 @@ PREFIX = "global_step_"
 MARKER = "COMPLETE"
 LATEST = "latest_checkpointed_iteration.txt"
 TAG = "ckpt"
+log = logging.getLogger("dsrl")
 
 
 def complete_steps(root: Path) -> list[int]:
@@ -88,3 +93,74 @@ def load(path: Path, engines: dict[str, Any], rank: int) -> dict[str, Any]:
     if not state_file.exists():
         raise FileNotFoundError(f"{state_file} is missing: was the checkpoint written with a different world size?")
     return torch.load(state_file, weights_only=False)
+
+
+def keep_count(trainer: DictConfig) -> int | None:
+    """How many checkpoints to keep: the smallest of verl's limits that are set (None: all)."""
+    values = [
+        v for v in (trainer.max_ckpt_to_keep, trainer.max_actor_ckpt_to_keep, trainer.max_critic_ckpt_to_keep) if v
+    ]
+    return min(values) if values else None
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainer_state(step: int, batcher: Any, kl_ctrl: Any) -> dict[str, Any]:
+    """What a rank needs besides the engines to continue as if never stopped: data position, KL controller, RNGs."""
+    return {"step": step, "batcher": batcher.state_dict(), "kl_ctrl": kl_ctrl.state_dict(), "rng": rng_state()}
+
+
+def restore_trainer_state(state: dict[str, Any], batcher: Any, kl_ctrl: Any) -> int:
+    """Undo `trainer_state`; returns the step it was saved at."""
+    batcher.load_state_dict(state["batcher"])
+    kl_ctrl.load_state_dict(state["kl_ctrl"])
+    set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+def save_run(
+    trainer: DictConfig,
+    step: int,
+    engines: dict[str, Any],
+    batcher: Any,
+    kl_ctrl: Any,
+    rank: int,
+    tokenizer: Any,
+) -> Path:
+    """`save` under `trainer.default_local_dir` with the trainer state and, beside the actor's DeepSpeed files, its
+    HF config and tokenizer (`actor/huggingface/`, as verl writes them, for `dsrl export`)."""
+
+    def write_hf_config(ckpt: Path) -> None:
+        from dsrl import hf_export  # it reads this module's TAG: imported here, not at the top
+
+        hf_export.save_config_and_tokenizer(engines["actor"].module.config, tokenizer, ckpt / "actor" / "huggingface")
+
+    state = trainer_state(step, batcher, kl_ctrl)
+    root, keep = Path(trainer.default_local_dir), keep_count(trainer)
+    return save(root, step, engines, state, rank, keep, write_hf_config)
+
+
+def resume_run(trainer: DictConfig, engines: dict[str, Any], batcher: Any, kl_ctrl: Any, rank: int) -> int:
+    """Return the last completed step (0 for a fresh run) after restoring from a checkpoint if `resume_mode` asks."""
+    if trainer.resume_mode == "disable":
+        return 0
+    root = Path(trainer.default_local_dir)
+    path = Path(trainer.resume_from_path) if trainer.resume_mode == "resume_path" else latest(root)
+    if path is None:
+        return 0
+    step = restore_trainer_state(load(path, engines, rank), batcher, kl_ctrl)
+    log.info("resumed from %s (step %d)", path, step)
+    return step

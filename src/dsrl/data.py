@@ -120,3 +120,12 @@ def encode_prompts(
     if not kept:
         raise ValueError(f"all {len(rows)} prompts exceed data.max_prompt_length={max_prompt_length}")
     return encoded, kept
+
+
+def load_prompts(
+    files: Sequence[str], tokenizer: Any, max_prompt_length: int, filter_overlong: bool
+) -> tuple[list[dict], list[list[int]]]:
+    """The rows of every file that survive the length filter, and their prompt token ids."""
+    rows = [row for path in files for row in read_prompts(path)]
+    ids, kept = encode_prompts(rows, tokenizer, max_prompt_length, filter_overlong)
+    return [rows[i] for i in kept], ids

@@ -8,13 +8,17 @@ traceback goes to `<run_dir>/errors/rank<R>.txt`.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
+import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 FIRST = "first"
+log = logging.getLogger("dsrl")
 
 
 def errors_dir(run_dir: str | os.PathLike) -> Path:
@@ -58,3 +62,14 @@ def report(run_dir: str | os.PathLike, rank: int, exc: BaseException, prefix: st
     if first:
         print(f"dsrl: rank {rank} {prefix}: {text} (every rank's traceback: {path.parent}/)", file=sys.stderr)
     return first
+
+
+def inject_faults(trainer: Any, step: int, rank: int) -> None:
+    """Fault injection for reliability tests (`trainer.fail_at_step`, `trainer.hang_at_step` / `hang_rank`): fail
+    every rank, or stall one rank inside the step."""
+    if trainer.fail_at_step is not None and step == trainer.fail_at_step:
+        raise RuntimeError(f"trainer.fail_at_step={step}: injected failure")
+    if trainer.hang_at_step is not None and step == trainer.hang_at_step and rank == trainer.hang_rank:
+        log.warning("trainer.hang_at_step=%d: rank %d stalls (injected)", step, rank)
+        while True:
+            time.sleep(3600)

@@ -8,13 +8,17 @@ forward used (bf16 masters round to the bf16 module weights) and `dtype=torch.fl
 from __future__ import annotations
 
 import copy
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dsrl import dist
 from dsrl.checkpoint import TAG
+
+log = logging.getLogger("dsrl")
 
 HF_CONFIG_DIR = "huggingface"
 
@@ -74,6 +78,15 @@ def save_hf_folder(config: Any, tokenizer: Any, state: dict[str, torch.Tensor], 
     tmp.rename(out)
     shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def save_actor(engine: Any, tokenizer: Any, out: Path, is_main: bool, step: int) -> None:
+    """`<run_dir>/actor_hf/`: the actor's fp32 weights gathered one parameter at a time (a collective)."""
+    state = gather_fp32_state_dict(engine, is_main)
+    if state is not None:
+        save_hf_folder(engine.module.config, tokenizer, state, out)
+        log.info("step %d: actor saved as a Hugging Face model in %s", step, out)
+    dist.barrier()
 
 
 def _actor_dir(checkpoint_dir: Path) -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dsrl.atomic import write_json
-from dsrl.config import ConfigError
+from dsrl.config import ConfigError, to_container
 from dsrl.metrics import MetricsWriter, console_line
 
 # backend -> (module it imports, the pip package that provides it); console and file need nothing extra.
@@ -200,3 +200,28 @@ class Tracking:
     def close(self) -> None:
         for backend in self.backends.values():
             backend.close()
+
+
+def start_tracking(cfg: Any, run_dir: Path, start: int, is_main: bool, reduce: Any) -> Tracking | None:
+    """Rank 0 starts the `trainer.logger` backends; every rank learns whether that worked, so none hangs.
+
+    `reduce` is dsrl.dist.all_reduce_scalars (a collective: every rank calls this).
+    """
+    tracking, error = None, None
+    if is_main:
+        try:
+            tracking = Tracking(
+                logger_names(cfg.trainer.logger),
+                project=str(cfg.trainer.project_name),
+                experiment=str(cfg.trainer.experiment_name),
+                run_dir=run_dir,
+                config=to_container(cfg),
+                start=start,
+            )
+        except Exception as exc:
+            error = exc
+    if reduce([float(error is not None)], "max")[0]:
+        if error is not None:
+            raise error
+        raise RuntimeError("rank 0 could not start the trainer.logger backends (see its log)")
+    return tracking

@@ -1,6 +1,7 @@
-"""Per-step metrics: verl's console line, `metrics.jsonl`, timers and memory readings.
+"""What a run reports: verl's console line, `metrics.jsonl`, timers, perf/memory/MFU metrics and `run.json`.
 
 The console line is verl's `step:N - key:value - ...` so logs parse with the same tools people already use.
+Collectives come in as a `reduce` callable (dsrl.dist.all_reduce_scalars), so this module needs no process group.
 """
 
 from __future__ import annotations
@@ -9,17 +10,26 @@ import contextlib
 import json
 import math
 import numbers
+import platform
 import resource
+import sys
 import time
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from dsrl.atomic import write_text
+from dsrl.flops import mfu, train_flops
 
 if TYPE_CHECKING:
     import torch
+    from omegaconf import DictConfig
+
+    from dsrl.batching import BatchPlan
+    from dsrl.engines import EngineSpec
+
+Reduce = Callable[[list[float], str], list[float]]
 
 
 def console_line(step: int, metrics: Mapping[str, float]) -> str:
@@ -141,3 +151,118 @@ def parity_metrics(
         "parity/old_log_prob/min": log_probs.min().item(),
         "parity/old_log_prob/max": log_probs.max().item(),
     }
+
+
+def perf_metrics(tokens: float, times: Mapping[str, float], world_size: int, actor_epochs: int) -> dict[str, float]:
+    """verl's `perf/*` of a step: tokens, time, throughput per GPU, and the peak memory of the busiest rank."""
+    step_time = times["step"]
+    out = {
+        "perf/total_num_tokens": tokens,
+        "perf/time_per_step": step_time,
+        "perf/throughput": tokens / (step_time * world_size),
+    }
+    update_time = times.get("update_actor")
+    if update_time:
+        out["perf/update_actor_throughput"] = tokens * actor_epochs / (update_time * world_size)
+    return out
+
+
+def peak_memory_metrics(device_type: str, reduce: Reduce) -> dict[str, float]:
+    """`memory_metrics` with the peaks maxed over ranks (the rank that runs out first is the one that matters)."""
+    mem = memory_metrics(device_type)
+    maxed = reduce([mem["perf/max_memory_allocated_gb"], mem["perf/max_memory_reserved_gb"]], "max")
+    mem["perf/max_memory_allocated_gb"], mem["perf/max_memory_reserved_gb"] = maxed
+    return mem
+
+
+def mfu_metrics(
+    engines: Mapping[str, tuple[Any, int]],
+    seq_lens: Sequence[int],
+    times: Mapping[str, float],
+    world_size: int,
+    peak: float | None,
+    reduce: Reduce,
+) -> dict[str, float]:
+    """verl's `perf/mfu/actor` and `perf/mfu/critic`: model FLOPs of the update phase over the GPUs' peak.
+
+    `engines` maps a role to (its engine or None, its ppo_epochs).
+    """
+    if peak is None:
+        return {}
+    out = {}
+    for name, (engine, epochs) in engines.items():
+        seconds = times.get(f"update_{name}")
+        if engine is None or not seconds:
+            continue
+        flops = reduce([train_flops(engine.module.config, seq_lens) * epochs], "sum")[0]
+        value = mfu(flops, seconds, world_size, peak)
+        if value is not None:
+            out[f"perf/mfu/{name}"] = value
+    return out
+
+
+def run_record(
+    *,
+    cfg: DictConfig,
+    status: str,
+    last_step: int,
+    total_steps: int,
+    error: str | None,
+    specs: Mapping[str, EngineSpec],
+    plan: BatchPlan,
+    remove_padding: bool,
+    memory_estimate: Mapping[str, Any],
+    model_path: str,
+    device_type: str,
+) -> dict[str, Any]:
+    """`run.json`: the resolved config, every engine's effective DeepSpeed config, the batch plan, versions, devices."""
+    import deepspeed
+    import torch
+    import transformers
+
+    import dsrl
+    from dsrl.config import to_container
+
+    devices = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if device_type == "cuda"
+        else [platform.processor() or platform.machine()]
+    )
+    return {
+        "status": status,
+        "last_step": last_step,
+        "total_steps": total_steps,
+        "error": error,
+        "seed": cfg.trainer.seed,
+        "experiment_name": cfg.trainer.experiment_name,
+        "config": to_container(cfg),
+        "deepspeed": {name: spec.summary() for name, spec in specs.items()},
+        "batch_plan": {
+            "world_size": plan.world_size,
+            "prompts_per_rank": plan.prompts_per_rank,
+            "sequences_per_rank": plan.sequences_per_rank,
+            "actor": vars(plan.actor),
+            "critic": vars(plan.critic) if plan.critic else None,
+        },
+        "remove_padding_effective": remove_padding,
+        "memory_estimate": memory_estimate,
+        "model_path": model_path,
+        "versions": {
+            "dsrl": dsrl.__version__,
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "deepspeed": deepspeed.__version__,
+            "transformers": transformers.__version__,
+        },
+        "devices": {"type": device_type, "world_size": plan.world_size, "names": devices},
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def progress_bar(mode: str, is_main: bool, total: int, start: int):
+    """A tqdm bar on a terminal only: batch logs stay line-oriented."""
+    if not is_main or mode == "off" or (mode == "auto" and not sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc="dsrl", unit="step", file=sys.stderr)

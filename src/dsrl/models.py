@@ -258,3 +258,13 @@ def resolve_model_path(
             )
         return local
     return path
+
+
+def load_tokenizer(path: str, trust_remote_code: bool) -> Any:
+    """The model's tokenizer; one without a pad token pads with its EOS token (as verl does)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

@@ -10,7 +10,7 @@ import importlib.util
 import math
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from numbers import Real
 from pathlib import Path
@@ -167,3 +167,23 @@ def score_batch(
         with ThreadPoolExecutor(max_workers=num_workers) as pool:
             raw = list(pool.map(call, indices))
     return [_as_score(value, i) for i, value in enumerate(raw)]
+
+
+class RewardScorer:
+    """One step's scores: decode each prompt's `n` responses and score them against the prompt row's ground truth."""
+
+    def __init__(self, fn: Callable[..., Any], tokenizer: Any, reward_kwargs: dict[str, Any], num_workers: int):
+        self.fn, self.tokenizer, self.reward_kwargs, self.num_workers = fn, tokenizer, reward_kwargs, num_workers
+
+    def score(self, rows: Sequence[Mapping[str, Any]], responses: list[list[int]], n: int) -> list[float]:
+        texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
+        expanded = [row for row in rows for _ in range(n)]
+        return score_batch(
+            self.fn,
+            data_sources=[r["data_source"] for r in expanded],
+            solution_strs=texts,
+            ground_truths=[r["reward_model"]["ground_truth"] for r in expanded],
+            extra_infos=[r.get("extra_info") for r in expanded],
+            reward_kwargs=self.reward_kwargs,
+            num_workers=self.num_workers,
+        )

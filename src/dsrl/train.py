@@ -1,7 +1,9 @@
 """Per-rank entry point, launched by torchrun: `python -m dsrl.train [overrides]`.
 
-The config is parsed and validated before the process group starts, so a typo fails in a second, not after
-minutes of model loading on every rank.
+The config is parsed and validated, and the launch checked against it, before the process group starts, so a typo
+fails in a second, not after minutes of model loading on every rank. A failure is recorded here (run.json, one console
+line from the first rank, every traceback under `<run_dir>/errors/`), a collective's timeout reworded to say what it
+usually means.
 """
 
 from __future__ import annotations
@@ -12,11 +14,15 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
 from dsrl import atomic, failures
 from dsrl.config import ConfigError, load_config, to_container
+
+if TYPE_CHECKING:
+    from dsrl.dist import Launch
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -52,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.trainer.device = device
 
         from dsrl import dist
-        from dsrl.trainer import Preempted, Trainer, check_launch
+        from dsrl.trainer import Preempted, Trainer
 
         launch = dist.launch_info(device)
         check_launch(cfg, launch)
@@ -64,10 +70,17 @@ def main(argv: list[str] | None = None) -> int:
     trainer = None
     try:
         trainer = Trainer(cfg, launch)
-        trainer.fit()
+        try:
+            trainer.setup()
+            trainer.fit()
+        finally:
+            trainer.close()
+        trainer.finish()
         dist.barrier()  # no rank tears the process group down while a peer is still in a collective
         dist.destroy()
     except ConfigError as exc:
+        if trainer is not None and trainer.fitting:
+            trainer.record_failure(exc)
         code = EXIT_CONFIG if failures.report(cfg.trainer.run_dir, launch.rank, exc, "config error") else EXIT_FAILED
     except Preempted as exc:  # every rank stopped at the same step: tearing down is safe
         dist.destroy()
@@ -75,10 +88,49 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dsrl: {exc}", file=sys.stderr)
         code = EXIT_PREEMPTED
     except Exception as exc:  # peers may be blocked in a collective: no teardown, exit_now closes the sockets
-        if failures.report(cfg.trainer.run_dir, launch.rank, exc) and trainer is None:
-            record_setup_failure(cfg, exc)  # fit() records its own failures, with the run's details
+        fitting = trainer is not None and trainer.fitting
+        error = explain_timeout(exc, cfg, trainer.last_step) if fitting else exc
+        if fitting:
+            trainer.record_failure(error)  # with the run's details
+        if failures.report(cfg.trainer.run_dir, launch.rank, error) and not (trainer and trainer.ready):
+            record_setup_failure(cfg, error)  # a failure before training still leaves a run.json that says so
         code = EXIT_FAILED
+    except BaseException as exc:  # KeyboardInterrupt, SystemExit: recorded, then left to propagate
+        if trainer is not None and trainer.fitting:
+            trainer.record_failure(exc)
+        raise
     return code
+
+
+def check_launch(cfg: DictConfig, launch: Launch) -> None:
+    """trainer.nnodes * trainer.n_gpus_per_node must be the world torchrun started."""
+    want = cfg.trainer.nnodes * cfg.trainer.n_gpus_per_node
+    if want != launch.world_size:
+        raise ConfigError(
+            f"trainer.nnodes * trainer.n_gpus_per_node = {cfg.trainer.nnodes} * {cfg.trainer.n_gpus_per_node} = "
+            f"{want}, but {launch.world_size} processes were launched (WORLD_SIZE); make them agree"
+        )
+    if launch.device.type == "cuda":
+        import torch
+
+        if launch.local_world_size > torch.cuda.device_count():
+            raise ConfigError(
+                f"{launch.local_world_size} processes per node but only {torch.cuda.device_count()} "
+                "visible GPUs (CUDA_VISIBLE_DEVICES)"
+            )
+
+
+def explain_timeout(exc: BaseException, cfg: DictConfig, last_step: int) -> BaseException:
+    """A collective that timed out says what that usually means: another rank is stuck or died."""
+    text = str(exc).lower()
+    if not (isinstance(exc, RuntimeError) and ("timed out" in text or "timeout" in text)):
+        return exc
+    error = RuntimeError(
+        f"a collective waited longer than trainer.dist_timeout={cfg.trainer.dist_timeout}s after step "
+        f"{last_step}: another rank is stuck or died ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+    )
+    error.__cause__ = exc
+    return error
 
 
 def record_setup_failure(cfg: DictConfig, exc: BaseException) -> None:
