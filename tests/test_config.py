@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from omegaconf import OmegaConf
 from reference_commands import localised, reference_commands
 
-from dsrl.config import ConfigError, load_config, parse_value
+from dsrl.config import NO_EFFECT, ConfigError, load_config, parse_value
 
 COMMANDS = reference_commands()
 
@@ -161,3 +162,10 @@ def test_bad_overrides_fail_with_a_clear_message(override, message):
 def test_inconsistent_configs_fail(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(overrides, environ={})
+
+
+def test_no_effect_keys_are_verl_keys_with_defaults():
+    """Every key marked accepted-without-effect exists, so a pasted verl command setting it still runs."""
+    cfg = load_config()
+    for key in NO_EFFECT:
+        assert OmegaConf.select(cfg, key, default="missing") != "missing", key
