@@ -8,6 +8,9 @@ generate -> reward -> old log-probs -> ref log-probs -> values -> advantages -> 
 
 Every rank rolls out its own share of prompts; advantages and batch metrics are computed on the whole batch (gathered
 on every rank, as verl's driver does) so GAE whitening and the logged statistics match verl's exactly.
+
+The file is the loop and its setup, nothing else (~440 lines): what is not read top to bottom lives in the modules
+it imports (roles, checkpoint, metrics, batch_advantages, remove_padding, loggers, failures).
 """
 
 from __future__ import annotations
