@@ -56,7 +56,7 @@ def gate(where: str, gate: Mapping[str, Any] | None, cases: Sequence[str]) -> No
 def suite_names(names: Sequence[str]) -> None:
     for name in names:
         if name in paths.RESERVED_SUITE_NAMES:
-            raise ConfigError(f"suite name {name!r} is reserved (results/{name}/ is used by the workflow)")
+            raise ConfigError(f"suite name {name!r} is reserved ({paths.RESULTS}/{name}/ is used by the workflow)")
 
 
 def data_source(source: str, workdir: Path) -> None:
