@@ -154,7 +154,12 @@ def main() -> None:
                     for logprobs in (True, False):
                         for repeat in range(-1, args.repeats):  # -1: warm-up
                             start = time.perf_counter()
-                            generated = MODES[mode](http, prompts, args.n, tokens, logprobs, seed=1000 * repeat)
+                            try:
+                                generated = MODES[mode](http, prompts, args.n, tokens, logprobs, seed=1000 * repeat)
+                            except httpx.HTTPStatusError as exc:  # e.g. a route this vLLM release hides
+                                rows.append({"what": "error", "mode": mode, "error": str(exc).splitlines()[0]})
+                                print(json.dumps(rows[-1]), flush=True)
+                                break
                             seconds = time.perf_counter() - start
                             if repeat < 0:
                                 continue
