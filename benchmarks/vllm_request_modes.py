@@ -77,6 +77,7 @@ def generate(http: httpx.Client, prompts: list[list[int]], n: int, tokens: int, 
             "seed": seed + i * n,
             "detokenize": False,
             "skip_special_tokens": False,
+            "output_kind": 2,  # FINAL_ONLY, as dsrl asks: all n samples in one answer
         }
         if logprobs:
             params["logprobs"] = 0

@@ -128,6 +128,9 @@ class VLLMServerRollout:
             "stop_token_ids": [] if sampling.ignore_eos else sorted(self.eos_ids),
             "detokenize": False,
             "skip_special_tokens": False,
+            # RequestOutputKind.FINAL_ONLY: one answer with all n samples. The route's default (cumulative) sends
+            # the newest samples only, so a request could come back with fewer than n (seen on vLLM 0.24).
+            "output_kind": 2,
         }
         if self.cfg.calculate_log_probs:
             params["logprobs"] = 0  # the sampled token's log-prob only
