@@ -64,7 +64,7 @@ def test_trl_command_and_deepspeed_config(tmp_path: Path) -> None:
 
 def _row(system: str, step_s: list[float], status: str = "ok") -> dict:
     steps = [
-        {"step": i + 1, "step_s": s, "gen_s": s / 2, "update_s": s / 4, "tok_s_gpu": 1000 / s, "peak_alloc_gb": 10.0 + i}
+        {"step": i + 1, "step_s": s, "gen_s": s / 2, "update_s": s / 4, "tok_s_gpu": 1e3 / s, "peak_alloc_gb": 10.0 + i}
         for i, s in enumerate(step_s)
     ]
     return {"case": "hf-z2-128", "system": system, "status": status, "steps_records": steps}
