@@ -83,4 +83,4 @@ def test_table_medians_skip_step_one_and_ratios(tmp_path: Path, capsys: object) 
 
 def test_cpu_smoke_settings() -> None:
     args = run.parse_args(["hf-z2-16", "--out", "x", "--cpu-smoke"])
-    assert (args.device, args.model, args.steps, args.prompts, args.n) == ("cpu", "random:tiny", 2, 4, 2)
+    assert (args.device, args.model, args.steps, args.prompts, args.n, args.nproc) == ("cpu", "random:tiny", 2, 4, 2, 1)

@@ -316,11 +316,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--cpu-smoke",
         action="store_true",
-        help="tiny CPU settings: random:tiny, synthetic data, 2 steps of 4 prompts x 2, mini batch 2",
+        help="tiny CPU settings: random:tiny, synthetic data, 2 steps of 4 prompts x 2, mini batch 2, one rank "
+        "(accelerate keeps num_processes at 1 when DeepSpeed runs on CPU, so TRL's gathers fail with 2 CPU ranks)",
     )
     args = p.parse_args(argv)
     if args.cpu_smoke:
-        args.device, args.model, args.data_source = "cpu", "random:tiny", "synthetic"
+        args.device, args.model, args.data_source, args.nproc = "cpu", "random:tiny", "synthetic", 1
         args.steps, args.prompts, args.n, args.mini_batch, args.prompt_tokens = 2, 4, 2, 2, 60
         args.train_size, args.test_size, args.min_run_s = 64, 8, 10
     return args

@@ -255,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
         shuffle_dataset=False,  # the same prompts as dsrl with data.shuffle=false: rows 0..63, 64..127, ...
         bf16=not args.no_bf16,
         gradient_checkpointing=not args.no_gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},  # as dsrl.engines
         use_vllm=args.vllm,
         vllm_mode="colocate",
         vllm_gpu_memory_utilization=args.vllm_gpu_memory_utilization,
