@@ -154,7 +154,8 @@ class StepRecorder(TrainerCallback):
             "optimizer_steps": state.global_step,
             "deepspeed_stage": self.deepspeed_stage,
             "step_s": step_time,
-            "gen_s": phases.get("gen", 0.0),
+            # _generate holds vLLM's weight sync; dsrl times its weight push apart (timing_s/update_weights)
+            "gen_s": phases.get("gen", 0.0) - phases.get("update_weights", 0.0),
             "update_weights_s": phases.get("update_weights", 0.0),
             "reward_s": phases.get("reward", 0.0),
             "old_log_prob_s": phases.get("old_log_prob", 0.0),
