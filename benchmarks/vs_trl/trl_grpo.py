@@ -32,6 +32,8 @@ from dsrl.reward import default_compute_score
 
 # The reward settings of config/gpu.yaml (reward.reward_kwargs): verl's flexible GSM8K rule, 0.1 for any number.
 REWARD_KWARGS = {"method": "flexible", "format_score": 0.1}
+# Every rank reduces the same phases in the same order, whether or not it entered them.
+PHASES = ("rollout_total", "gen", "update_weights", "reward", "old_log_prob")
 
 
 def _sync() -> None:
@@ -124,7 +126,7 @@ class StepRecorder(TrainerCallback):
         self.deepspeed_stage: int | None = None  # read off the trainer once it is built
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if state.global_step % self.updates == 0:
+        if self.start is None and state.global_step % self.updates == 0:
             _sync()
             self.start = time.perf_counter()
             if torch.cuda.is_available():
@@ -135,30 +137,30 @@ class StepRecorder(TrainerCallback):
             return
         _sync()
         step_time = time.perf_counter() - self.start
+        self.start = None
+        cuda = torch.cuda.is_available()
         times, tokens, response_tokens, sequences = CLOCK.take()
-        peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
-        reserved = torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else 0.0
+        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
+        reserved = torch.cuda.max_memory_reserved() / 2**30 if cuda else 0.0
         tokens, response_tokens, sequences = _reduce(
             [tokens, response_tokens, float(sequences)], torch_dist.ReduceOp.SUM
         )
-        keys = sorted(times)
-        maxed = _reduce([step_time, peak, reserved, *(times[k] for k in keys)], torch_dist.ReduceOp.MAX)
+        maxed = _reduce([step_time, peak, reserved, *(times.get(k, 0.0) for k in PHASES)], torch_dist.ReduceOp.MAX)
         step_time, peak, reserved = maxed[:3]
-        phases = dict(zip(keys, maxed[3:], strict=True))
+        phases = dict(zip(PHASES, maxed[3:], strict=True))
         if not state.is_world_process_zero:
             return
-        cuda = torch.cuda.is_available()
-        rollout = phases.pop("rollout_total", 0.0)
+        rollout = phases["rollout_total"]
         record = {
             "step": state.global_step // self.updates,
             "optimizer_steps": state.global_step,
             "deepspeed_stage": self.deepspeed_stage,
             "step_s": step_time,
             # _generate holds vLLM's weight sync; dsrl times its weight push apart (timing_s/update_weights)
-            "gen_s": phases.get("gen", 0.0) - phases.get("update_weights", 0.0),
-            "update_weights_s": phases.get("update_weights", 0.0),
-            "reward_s": phases.get("reward", 0.0),
-            "old_log_prob_s": phases.get("old_log_prob", 0.0),
+            "gen_s": phases["gen"] - phases["update_weights"],
+            "update_weights_s": phases["update_weights"],
+            "reward_s": phases["reward"],
+            "old_log_prob_s": phases["old_log_prob"],
             "rollout_s": rollout,
             # everything outside _generate_and_score_completions: the loss forward/backward and optimizer steps
             "update_s": step_time - rollout,
