@@ -263,7 +263,8 @@ def main(argv: list[str] | None = None) -> None:
         vllm_mode="colocate",
         vllm_gpu_memory_utilization=args.vllm_gpu_memory_utilization,
         vllm_max_model_length=args.vllm_max_model_len,
-        vllm_enable_sleep_mode=args.vllm,  # dsrl rollout.free_cache_engine=true
+        # dsrl rollout.free_cache_engine=true; vLLM has no sleep mode on CPU
+        vllm_enable_sleep_mode=args.vllm and torch.cuda.is_available(),
         logging_steps=1,
         save_strategy="no",
         report_to="none",
