@@ -29,6 +29,7 @@ for p in ("torch", "transformers", "accelerate", "deepspeed", "trl", "datasets",
         print(p, m.version(p))
     except m.PackageNotFoundError:
         print(p, "not installed")'
+    python3 -c 'import trl, datasets; print("trl and datasets import")'
 } 2>&1 | tee "$OUT/device.txt"
 left=$((budget - ($(date +%s) - start)))
 python3 benchmarks/vs_trl/run.py --out "$OUT" --work /tmp/vs_trl --budget "$left" "$@" 2>&1 | tee "$OUT/session.log"
