@@ -17,6 +17,7 @@ from dsrl import algorithms as algos
 from dsrl import dist
 from dsrl import policy_losses as PL
 from dsrl.batching import UpdatePlan, fixed_micro_batches, min_token_bins, pack_by_tokens
+from dsrl.packed_attention import packed_kwargs
 
 Batch = dict[str, torch.Tensor]
 
@@ -63,7 +64,11 @@ def _response_rows(
         src = torch.minimum(want, last).flatten()
         dev = ids.device
         packed_ids = ids.flatten().index_select(0, gather.to(dev, non_blocking=True)).unsqueeze(0)
-        kwargs = {"position_ids": pos.to(dev, non_blocking=True).unsqueeze(0), "use_cache": False}
+        kwargs = {
+            "position_ids": pos.to(dev, non_blocking=True).unsqueeze(0),
+            "use_cache": False,
+            **packed_kwargs(lens, dev),  # sequence boundaries for dsrl_packed and flash_attention_2
+        }
         if lm:
             out = model(input_ids=packed_ids, logits_to_keep=src.to(dev, non_blocking=True), **kwargs).logits[0]
         else:

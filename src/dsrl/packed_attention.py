@@ -1,0 +1,205 @@
+"""Packed (padding-free) attention without the flash-attn package, as a transformers attention implementation.
+
+`use_remove_padding` concatenates a micro batch's sequences into one row. Transformers' `sdpa` honours that only
+through a materialised block-diagonal mask (T x T per micro batch), which made packing slower than padding on the
+GPU. This module registers `dsrl_packed` with transformers' `AttentionInterface` and `AttentionMaskInterface`:
+
+* a forward that receives the cumulative sequence lengths (`cu_seq_lens_q` / `max_length_q`, the keyword arguments
+  transformers' flash-attention path uses, passed through the model call by `workers._response_rows`) runs each
+  sequence causally without any mask: on CUDA with PyTorch's own variable-length flash attention
+  (`torch.nn.attention.varlen.varlen_attn`), elsewhere (CPU, fp32) with a per-sequence `sdpa` reference;
+* every other call (padded batches with an attention mask, `generate` with its KV cache) is plain `sdpa`, so the
+  model behaves exactly as with `attn_implementation=sdpa` outside packed forwards.
+
+The mask function builds no mask when none is given (as flash attention's does) and `sdpa`'s otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+NAME = "dsrl_packed"
+"""The `attn_implementation` value that selects this module's attention."""
+
+_FLASH_DTYPES = (torch.float16, torch.bfloat16)
+_state: dict[str, Any] = {"varlen_failed": None, "calls": {}}
+
+
+def cu_seqlens(lens: Sequence[int]) -> list[int]:
+    """Cumulative sequence lengths [0, l0, l0 + l1, ...]: where each packed sequence starts, plus the total."""
+    out = [0]
+    for n in lens:
+        if n <= 0:
+            raise ValueError(f"packed sequence lengths must be positive, got {list(lens)}")
+        out.append(out[-1] + int(n))
+    return out
+
+
+def packed_kwargs(lens: Sequence[int], device: torch.device | str) -> dict[str, Any]:
+    """The flash-attention keyword arguments transformers forwards to the attention function of every layer."""
+    cu = torch.tensor(cu_seqlens(lens), dtype=torch.int32).to(device, non_blocking=True)
+    longest = max(int(n) for n in lens)
+    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
+
+
+def cu_seqlens_from_positions(position_ids: torch.Tensor) -> torch.Tensor:
+    """Sequence boundaries of one packed row from its position ids (a sequence starts where the position is 0)."""
+    pos = position_ids.reshape(-1)
+    starts = torch.nonzero(pos == 0).flatten()
+    if starts.numel() == 0 or int(starts[0]) != 0:
+        starts = torch.cat([starts.new_zeros(1), starts])
+    return torch.cat([starts, starts.new_tensor([pos.numel()])]).to(torch.int32)
+
+
+def reference_varlen(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu: Sequence[int], scale: float | None
+) -> torch.Tensor:
+    """Causal attention per packed sequence with `sdpa`; [T, H, D] in and out, K/V heads shared by query groups."""
+    groups = query.shape[1] // key.shape[1]
+    outs = []
+    for start, end in zip(cu[:-1], cu[1:], strict=True):
+        q = query[start:end].transpose(0, 1)
+        k = key[start:end].transpose(0, 1).repeat_interleave(groups, dim=0)
+        v = value[start:end].transpose(0, 1).repeat_interleave(groups, dim=0)
+        outs.append(torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale))
+    return torch.cat([o.transpose(0, 1) for o in outs])
+
+
+@functools.cache
+def _varlen_fn() -> tuple[Callable[..., torch.Tensor], frozenset[str]] | None:
+    """PyTorch's variable-length attention and its keyword names (they changed between 2.9 and 2.13), if any."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
+
+
+def _causal_kwargs(params: frozenset[str]) -> dict[str, Any]:
+    """How this torch version asks `varlen_attn` for causal attention: `is_causal` (older) or a (-1, 0) window."""
+    if "is_causal" in params:
+        return {"is_causal": True}
+    return {"window_size": (-1, 0)}
+
+
+def cuda_varlen(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu: torch.Tensor, max_len: int, scale: float | None
+) -> torch.Tensor:
+    """`varlen_attn` on [T, H, D] tensors; K/V heads are repeated when this torch has no `enable_gqa`."""
+    found = _varlen_fn()
+    if found is None:
+        raise RuntimeError("torch.nn.attention.varlen is not available in this torch")
+    fn, params = found
+    kwargs = {"scale": scale, **_causal_kwargs(params)}
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        if "enable_gqa" in params:
+            kwargs["enable_gqa"] = True
+        else:
+            key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    return fn(query, key.contiguous(), value.contiguous(), cu, cu, max_len, max_len, **kwargs)
+
+
+def backend(device: torch.device, dtype: torch.dtype) -> str:
+    """Which kernel packed attention runs with for tensors of this device and dtype."""
+    if device.type == "cuda" and dtype in _FLASH_DTYPES and _varlen_fn() is not None and not _state["varlen_failed"]:
+        return "varlen_attn"
+    return "sdpa_per_sequence"
+
+
+def backends_used() -> dict[str, int]:
+    """Packed attention calls per backend in this process (benchmarks record which kernel they measured)."""
+    return dict(_state["calls"])
+
+
+def _packed(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu: torch.Tensor, max_len: int, scale):
+    """One packed row: [1, H, T, D] in, [1, T, H, D] out (the layout transformers' attention functions return)."""
+    q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))
+    kind = backend(q.device, q.dtype)
+    out = None
+    if kind == "varlen_attn":
+        try:
+            out = cuda_varlen(q, k, v, cu, max_len, scale)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            _state["varlen_failed"] = repr(exc)
+            log.warning("varlen_attn failed (%s); packed attention falls back to sdpa per sequence", exc)
+            kind = "sdpa_per_sequence"
+    if out is None:
+        out = reference_varlen(q, k, v, cu.tolist(), scale)
+    _state["calls"][kind] = _state["calls"].get(kind, 0) + 1
+    return out.unsqueeze(0)
+
+
+def attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    sliding_window: int | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention function: packed rows run per sequence, anything else is `sdpa`."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    cu = kwargs.get("cu_seq_lens_q")
+    max_len = kwargs.get("max_length_q")
+    one_row = query.shape[0] == 1 and query.shape[2] == key.shape[2]
+    if cu is None and attention_mask is None and one_row and kwargs.get("position_ids") is not None:
+        cu = cu_seqlens_from_positions(kwargs["position_ids"])
+        max_len = int((cu[1:] - cu[:-1]).max())
+    if cu is None or attention_mask is not None or not one_row:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    if sliding_window is not None or dropout:
+        raise NotImplementedError(f"{NAME}: sliding-window attention and attention dropout are not supported")
+    return _packed(query, key, value, cu.to(query.device), int(max_len), scaling), None
+
+
+def mask(*args: Any, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor | None:
+    """No mask without a padding mask (packed rows carry their boundaries in the kwargs); `sdpa`'s mask otherwise."""
+    if attention_mask is None:
+        return None
+    from transformers.masking_utils import sdpa_mask
+
+    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+
+
+def register() -> None:
+    """Make `attn_implementation=dsrl_packed` known to transformers (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(NAME, attention)
+    AttentionMaskInterface.register(NAME, mask)
+
+
+def packed_implementation(device_type: str, attn: str) -> str:
+    """The attention implementation packed forwards should use, given the configured one.
+
+    Flash-attention implementations (and flex attention) handle packed rows themselves, and CPU `sdpa`'s
+    block-diagonal mask is cheap at CPU sizes; on CUDA, `sdpa` and `eager` would materialise a T x T mask per
+    micro batch, so they are replaced by this module's implementation.
+    """
+    if device_type == "cuda" and attn in ("sdpa", "eager"):
+        return NAME
+    return attn
+
+
+def set_implementation(models: Iterable[torch.nn.Module], attn: str) -> None:
+    """Switch loaded models (DeepSpeed engines or HF models) to another attention implementation in place."""
+    if attn == NAME:
+        register()
+    for model in models:
+        getattr(model, "module", model).set_attn_implementation(attn)

@@ -1,0 +1,151 @@
+"""dsrl_packed attention: packed forwards and gradients equal padded sdpa ones, and the trainer picks it on CUDA."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from types import SimpleNamespace
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from omegaconf import OmegaConf  # noqa: E402
+
+from dsrl import packed_attention as PA  # noqa: E402
+from dsrl import workers as W  # noqa: E402
+from dsrl.rollout.batch import assemble_batch  # noqa: E402
+from dsrl.trainer import Trainer  # noqa: E402
+
+pytestmark = pytest.mark.train
+
+
+def _model(kv_heads: int) -> torch.nn.Module:
+    """A two-layer Qwen3 in fp32 with random weights; kv_heads < 4 is grouped-query attention."""
+    torch.manual_seed(0)
+    cfg = transformers.Qwen3Config(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        head_dim=16,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+    )
+    cfg._attn_implementation = "sdpa"
+    return transformers.Qwen3ForCausalLM(cfg).float().eval()
+
+
+def _batch() -> dict[str, torch.Tensor]:
+    prompts = [[11, 12, 13, 14, 15], [21, 22], [31, 32, 33]]
+    responses = [[41, 42, 43], [51], [61, 62, 63, 64, 65, 66], [71, 72], [81, 82, 83], [91]]
+    return assemble_batch(prompts, responses, n=2, pad_id=0, response_length=6, device=torch.device("cpu"))
+
+
+def test_cu_seqlens_is_a_running_sum():
+    assert PA.cu_seqlens([3, 1, 4]) == [0, 3, 4, 8]
+    assert PA.cu_seqlens([7]) == [0, 7]
+    with pytest.raises(ValueError, match="positive"):
+        PA.cu_seqlens([3, 0])
+    kw = PA.packed_kwargs([3, 1, 4], "cpu")
+    assert kw["cu_seq_lens_q"].dtype == torch.int32 and kw["cu_seq_lens_q"].tolist() == [0, 3, 4, 8]
+    assert kw["cu_seq_lens_k"] is kw["cu_seq_lens_q"] and kw["max_length_q"] == kw["max_length_k"] == 4
+
+
+def test_cu_seqlens_from_positions():
+    pos = torch.tensor([[0, 1, 2, 0, 0, 1, 2, 3]])
+    assert PA.cu_seqlens_from_positions(pos).tolist() == [0, 3, 4, 8]
+
+
+def test_varlen_causal_keyword_follows_the_torch_signature():
+    assert PA._causal_kwargs(frozenset({"is_causal", "scale"})) == {"is_causal": True}
+    assert PA._causal_kwargs(frozenset({"window_size", "scale"})) == {"window_size": (-1, 0)}
+
+
+def test_packed_implementation_choice():
+    assert PA.packed_implementation("cuda", "sdpa") == PA.NAME
+    assert PA.packed_implementation("cuda", "eager") == PA.NAME
+    assert PA.packed_implementation("cuda", "flash_attention_2") == "flash_attention_2"
+    assert PA.packed_implementation("cpu", "sdpa") == "sdpa"
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_packed_forward_and_gradients_equal_padded_sdpa(kv_heads):
+    """Same weights: dsrl_packed on packed rows vs sdpa on padded rows, log-probs, entropy and every gradient."""
+    padded_model = _model(kv_heads)
+    packed_model = copy.deepcopy(padded_model)
+    PA.set_implementation([packed_model], PA.NAME)
+    assert packed_model.config._attn_implementation == PA.NAME
+    b = _batch()
+    weights = torch.randn(b["response_mask"].shape, generator=torch.Generator().manual_seed(1))
+    outs = []
+    before = PA.backends_used().get("sdpa_per_sequence", 0)
+    for model, rmpad in ((padded_model, False), (packed_model, True)):
+        lp, ent = W.log_probs_of(model, b, 0.8, remove_padding=rmpad, with_entropy=True)
+        ((lp * weights).sum() + ent.sum()).backward()
+        outs.append((lp.detach(), ent.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    assert PA.backends_used()["sdpa_per_sequence"] == before + 2  # one call per layer, no mask built
+    (lp0, ent0, g0), (lp1, ent1, g1) = outs
+    torch.testing.assert_close(lp1, lp0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent1, ent0, atol=1e-5, rtol=1e-5)
+    for name, grad in g0.items():
+        torch.testing.assert_close(g1[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_padded_calls_and_generate_are_plain_sdpa():
+    """Outside packed rows the implementation is sdpa, with sdpa's mask: padded log-probs and greedy decoding agree."""
+    sdpa_model = _model(2)
+    dsrl_model = copy.deepcopy(sdpa_model)
+    PA.set_implementation([dsrl_model], PA.NAME)
+    b = _batch()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            W.log_probs_of(dsrl_model, b, 1.0, remove_padding=False)[0],
+            W.log_probs_of(sdpa_model, b, 1.0, remove_padding=False)[0],
+            atol=0,
+            rtol=0,
+        )
+        ids = torch.tensor([[0, 0, 5, 6, 7], [3, 4, 5, 6, 7]])
+        mask = (ids != 0).long()
+        kw = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": 0}
+        a = dsrl_model.generate(input_ids=ids, attention_mask=mask, **kw)
+        c = sdpa_model.generate(input_ids=ids, attention_mask=mask, **kw)
+    assert torch.equal(a, c)
+
+
+def _fake_trainer(model: torch.nn.Module, attn: str, bf16: bool = False) -> SimpleNamespace:
+    cfg = OmegaConf.create(
+        {"actor_rollout_ref": {"model": {"use_remove_padding": True, "override_config": {"attn_implementation": attn}}}}
+    )
+    spec = SimpleNamespace(ds_config={"bf16": {"enabled": True}} if bf16 else {})
+    return SimpleNamespace(
+        cfg=cfg, device=torch.device("cpu"), actor=model, ref=None, critic=None, pad_id=0, actor_spec=spec
+    )
+
+
+def test_trainer_switches_to_dsrl_packed_where_sdpa_would_build_a_mask(monkeypatch, caplog):
+    """The CUDA choice, exercised on CPU: the engines switch implementation and the start-up check still decides."""
+    model = _model(1)
+    monkeypatch.setattr(PA, "packed_implementation", lambda device_type, attn: PA.NAME)
+    with caplog.at_level(logging.INFO, logger="dsrl"):
+        assert Trainer._check_remove_padding(_fake_trainer(model, "sdpa")) is True
+    assert model.config._attn_implementation == PA.NAME
+    assert "sdpa -> dsrl_packed" in caplog.text
+
+
+def test_trainer_switches_back_when_the_check_fails(monkeypatch):
+    model = _model(1)
+    monkeypatch.setattr(PA, "packed_implementation", lambda device_type, attn: PA.NAME)
+    real = PA.reference_varlen
+    monkeypatch.setattr(PA, "reference_varlen", lambda q, k, v, cu, scale: real(q, k, v, [0, q.shape[0]], scale))
+    assert Trainer._check_remove_padding(_fake_trainer(model, "sdpa")) is False
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_cpu_keeps_sdpa_with_packing():
+    model = _model(1)
+    assert Trainer._check_remove_padding(_fake_trainer(model, "sdpa")) is True
+    assert model.config._attn_implementation == "sdpa"
