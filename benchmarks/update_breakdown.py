@@ -22,8 +22,9 @@ step's wall time outside those calls (batch slicing, token counts, metric reads:
 Cases are `z<stage>:gc<0|1>:pack<0|1>` plus optional `overlap<0|1>`, `contig<0|1>`, `bucket<bytes>`,
 `mel<0|1>` (ZeRO-3 memory_efficient_linear) and `chunk<rows>` (chunked log-probs, `workers.LOG_PROB_CHUNK_ROWS`).
 Cases sharing the DeepSpeed settings share one engine (gradient checkpointing, packing and chunking are switched on
-the live model), and each engine also times the bare DeepSpeed loop (`loss = engine(ids, labels=ids).loss`,
-benchmarks/actor_update_vs_bare.py) on the same micro batches, once per checkpointing setting. Results are appended
+the live model). The bare DeepSpeed loop (`loss = engine(ids, labels=ids).loss`, benchmarks/actor_update_vs_bare.py)
+runs on the same micro batches once per ZeRO stage and checkpointing setting, on that stage's first engine; every
+case's `ratio_vs_bare` divides by it. Results are appended
 to `--out` (JSON lines, rank 0) as each case finishes; a case that fails is recorded with its error and the next
 one runs. `--budget-s` stops before a case (or engine) that the time left would not fit.
 """
@@ -376,15 +377,17 @@ def run_case(args, case: Case, engine, batch: W.Batch, plan, actor_cfg, clock: C
     return row
 
 
-def run_engine_group(args, cases: list[Case], launch, budget: Budget, rec: Recorder, est: dict[str, float]) -> None:
-    """Build one engine, time every case of the group on it (and the bare loop per checkpointing setting)."""
+def run_engine_group(
+    args, cases: list[Case], launch, budget: Budget, rec: Recorder, est: dict[str, float], bare: dict[tuple, float]
+) -> None:
+    """Build one engine and time every case of the group on it, with the bare loop once per (stage, checkpointing)."""
     first = cases[0]
     world = launch.world_size
     cfg = config_for(args, first, world)
     plan = plan_batches(cfg, world).actor
     actor_cfg = cfg.actor_rollout_ref.actor
     spec = build_spec("actor", actor_cfg.deepspeed, actor_cfg.optim, plan, world, args.device, actor_cfg.grad_clip)
-    path = str(resolve_model_path(args.model, corpus_files=[args.train_parquet] if args.train_parquet else ()))
+    path = args.model_path
     t0 = time.perf_counter()
     model = load_model(
         path,
@@ -416,7 +419,6 @@ def run_engine_group(args, cases: list[Case], launch, budget: Budget, rec: Recor
         "mini_batches_per_step": plan.num_minis,
         "max_tokens_per_micro": plan.max_tokens,
     }
-    bare: dict[bool, float] = {}
     for case in cases:
         if not budget.fits(est.get("case", 0.0)):
             rec.write({"case": case.name, "skipped": f"budget ({budget.left():.0f} s left)"})
@@ -424,14 +426,15 @@ def run_engine_group(args, cases: list[Case], launch, budget: Budget, rec: Recor
         t1 = time.perf_counter()
         try:
             row = run_case(args, case, engine, batch, plan, actor_cfg, clock, launch, peak)
-            if args.bare and case.gc not in bare and budget.fits(est.get("case", 0.0) / 2):
+            key = (case.stage, case.gc)
+            if args.bare and key not in bare and budget.fits(est.get("case", 0.0) / 2):
                 set_switches(engine, dataclasses.replace(case, pack=False, chunk=0))
                 for _ in range(args.warmup):
                     bare_step(engine, batch, plan)
                 walls = [_timed_call(lambda: bare_step(engine, batch, plan), clock) for _ in range(args.steps)]
-                bare[case.gc] = dist.all_reduce_scalars([statistics.fmean(walls)], "max")[0]
-            if case.gc in bare:
-                row.update(bare_s=bare[case.gc], ratio_vs_bare=bare[case.gc] / row["wall_s"])
+                bare[key] = dist.all_reduce_scalars([statistics.fmean(walls)], "max")[0]
+            if key in bare:
+                row.update(bare_s=bare[key], ratio_vs_bare=bare[key] / row["wall_s"])
             rec.write({"case": case.name, **common, **dataclasses.asdict(case), **row})
         except Exception as exc:  # one case failing must not lose the others
             traceback.print_exc()
@@ -457,14 +460,20 @@ def run(args) -> None:
         "response_len": args.response_len,
     }
     rec = Recorder(args.out, launch.is_main, common)
+    corpus = [args.train_parquet] if args.train_parquet else []
+    if launch.is_main:  # a random:<preset> model is built once, by rank 0, as the trainer does
+        resolve_model_path(args.model, corpus_files=corpus)
+    dist.barrier()
+    args.model_path = str(resolve_model_path(args.model, corpus_files=corpus))
     est: dict[str, float] = {}
+    bare: dict[tuple, float] = {}  # bare-loop seconds per (stage, checkpointing), on the stage's first engine
     for group in group_by_engine(cases):
         if not budget.fits(est.get("init", 0.0) + est.get("case", 0.0)):
             for case in group:
                 rec.write({"case": case.name, "skipped": f"budget ({budget.left():.0f} s left)"})
             continue
         try:
-            run_engine_group(args, group, launch, budget, rec, est)
+            run_engine_group(args, group, launch, budget, rec, est, bare)
         except Exception as exc:
             traceback.print_exc()
             for case in group:

@@ -60,9 +60,17 @@ def test_cu_seqlens_from_positions():
     assert PA.cu_seqlens_from_positions(pos).tolist() == [0, 3, 4, 8]
 
 
-def test_varlen_causal_keyword_follows_the_torch_signature():
-    assert PA._causal_kwargs(frozenset({"is_causal", "scale"})) == {"is_causal": True}
-    assert PA._causal_kwargs(frozenset({"window_size", "scale"})) == {"window_size": (-1, 0)}
+def test_varlen_call_follows_the_torch_signature():
+    """varlen_attn's keywords as documented for torch 2.10, 2.11 and 2.12+ (the device has 2.11, this env 2.13)."""
+    v210 = frozenset({"query", "key", "value", "cu_seq_q", "cu_seq_k", "max_q", "max_k", "is_causal", "return_aux"})
+    v211 = v210 - {"is_causal"} | {"scale", "window_size"}
+    v212 = v211 | {"enable_gqa", "seqused_k", "block_table", "num_splits"}
+    assert PA.varlen_plan(v210, 0.25, 16, 1) == ({"is_causal": True}, 1.0, 1)  # 0.25 = 16 ** -0.5, the default
+    assert PA.varlen_plan(v210, 0.5, 16, 2) == ({"is_causal": True}, 2.0, 2)
+    assert PA.varlen_plan(v211, 0.5, 16, 2) == ({"window_size": (-1, 0), "scale": 0.5}, 1.0, 2)
+    assert PA.varlen_plan(v212, 0.5, 16, 2) == ({"window_size": (-1, 0), "scale": 0.5, "enable_gqa": True}, 1.0, 1)
+    if PA._varlen_fn() is not None:  # this environment's torch is one of them
+        assert PA.varlen_plan(PA._varlen_fn()[1], 0.5, 16, 2)[0]["scale"] == 0.5
 
 
 def test_packed_implementation_choice():

@@ -6,8 +6,9 @@ GPU. This module registers `dsrl_packed` with transformers' `AttentionInterface`
 
 * a forward that receives the cumulative sequence lengths (`cu_seq_lens_q` / `max_length_q`, the keyword arguments
   transformers' flash-attention path uses, passed through the model call by `workers._response_rows`) runs each
-  sequence causally without any mask: on CUDA with PyTorch's own variable-length flash attention
-  (`torch.nn.attention.varlen.varlen_attn`), elsewhere (CPU, fp32) with a per-sequence `sdpa` reference;
+  sequence causally without any mask: on CUDA in 16 bits with PyTorch's own variable-length flash attention
+  (`torch.nn.attention.varlen.varlen_attn`, else `aten::_flash_attention_forward`, which it wraps), elsewhere (CPU,
+  fp32) and if both fail with a per-sequence `sdpa` reference;
 * every other call (padded batches with an attention mask, `generate` with its KV cache) is plain `sdpa`, so the
   model behaves exactly as with `attn_implementation=sdpa` outside packed forwards.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -30,7 +32,7 @@ NAME = "dsrl_packed"
 """The `attn_implementation` value that selects this module's attention."""
 
 _FLASH_DTYPES = (torch.float16, torch.bfloat16)
-_state: dict[str, Any] = {"varlen_failed": None, "calls": {}}
+_state: dict[str, dict[str, Any]] = {"failed": {}, "calls": {}}
 
 
 def cu_seqlens(lens: Sequence[int]) -> list[int]:
@@ -75,7 +77,7 @@ def reference_varlen(
 
 @functools.cache
 def _varlen_fn() -> tuple[Callable[..., torch.Tensor], frozenset[str]] | None:
-    """PyTorch's variable-length attention and its keyword names (they changed between 2.9 and 2.13), if any."""
+    """PyTorch's variable-length attention and its keyword names (they changed between 2.10 and 2.12), if any."""
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
@@ -83,57 +85,87 @@ def _varlen_fn() -> tuple[Callable[..., torch.Tensor], frozenset[str]] | None:
     return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
 
 
-def _causal_kwargs(params: frozenset[str]) -> dict[str, Any]:
-    """How this torch version asks `varlen_attn` for causal attention: `is_causal` (older) or a (-1, 0) window."""
-    if "is_causal" in params:
-        return {"is_causal": True}
-    return {"window_size": (-1, 0)}
+def varlen_plan(params: frozenset[str], scale: float | None, head_dim: int, groups: int) -> tuple[dict, float, int]:
+    """How to call this torch's `varlen_attn`: (keyword arguments, factor for the queries, K/V head repeats).
+
+    2.10 takes `is_causal` and no `scale` (its scale is 1/sqrt(head_dim): another one is folded into the queries),
+    2.11 a causal (-1, 0) `window_size` and `scale`, 2.12+ also `enable_gqa`; without it K/V heads are repeated.
+    """
+    kwargs: dict[str, Any] = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
+    q_factor = 1.0
+    if "scale" in params:
+        kwargs["scale"] = scale
+    elif scale is not None and not math.isclose(scale, head_dim**-0.5):
+        q_factor = scale * head_dim**0.5
+    repeats = 1
+    if groups > 1:
+        if "enable_gqa" in params:
+            kwargs["enable_gqa"] = True
+        else:
+            repeats = groups
+    return kwargs, q_factor, repeats
 
 
 def cuda_varlen(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu: torch.Tensor, max_len: int, scale: float | None
 ) -> torch.Tensor:
-    """`varlen_attn` on [T, H, D] tensors; K/V heads are repeated when this torch has no `enable_gqa`."""
+    """`varlen_attn` on [T, H, D] tensors, called the way this torch version accepts."""
     found = _varlen_fn()
     if found is None:
         raise RuntimeError("torch.nn.attention.varlen is not available in this torch")
     fn, params = found
-    kwargs = {"scale": scale, **_causal_kwargs(params)}
+    kwargs, q_factor, repeats = varlen_plan(params, scale, query.shape[-1], query.shape[1] // key.shape[1])
+    if q_factor != 1.0:
+        query = query * q_factor
+    if repeats > 1:
+        key, value = key.repeat_interleave(repeats, dim=1), value.repeat_interleave(repeats, dim=1)
+    return fn(query, key, value, cu, cu, max_len, max_len, **kwargs)
+
+
+def aten_flash(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu: torch.Tensor, max_len: int, scale: float | None
+) -> torch.Tensor:
+    """`aten::_flash_attention_forward` with cumulative lengths (what `varlen_attn` wraps; it has a derivative)."""
     groups = query.shape[1] // key.shape[1]
     if groups > 1:
-        if "enable_gqa" in params:
-            kwargs["enable_gqa"] = True
-        else:
-            key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-    return fn(query, key.contiguous(), value.contiguous(), cu, cu, max_len, max_len, **kwargs)
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    out = torch.ops.aten._flash_attention_forward(
+        query, key, value, cu, cu, max_len, max_len, 0.0, True, False, scale=scale
+    )
+    return out[0]
+
+
+_CUDA_KERNELS: dict[str, Callable[..., torch.Tensor]] = {"varlen_attn": cuda_varlen, "aten_flash": aten_flash}
 
 
 def backend(device: torch.device, dtype: torch.dtype) -> str:
-    """Which kernel packed attention runs with for tensors of this device and dtype."""
-    if device.type == "cuda" and dtype in _FLASH_DTYPES and _varlen_fn() is not None and not _state["varlen_failed"]:
-        return "varlen_attn"
+    """The first kernel that has not failed in this process for tensors of this device and dtype."""
+    if device.type == "cuda" and dtype in _FLASH_DTYPES:
+        for name in _CUDA_KERNELS:
+            if name not in _state["failed"]:
+                return name
     return "sdpa_per_sequence"
 
 
 def backends_used() -> dict[str, int]:
-    """Packed attention calls per backend in this process (benchmarks record which kernel they measured)."""
-    return dict(_state["calls"])
+    """Packed attention calls per kernel in this process, and kernels that failed (benchmarks record both)."""
+    return {**_state["calls"], **{f"failed:{k}": v for k, v in _state["failed"].items()}}
 
 
 def _packed(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu: torch.Tensor, max_len: int, scale):
     """One packed row: [1, H, T, D] in, [1, T, H, D] out (the layout transformers' attention functions return)."""
     q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))
-    kind = backend(q.device, q.dtype)
-    out = None
-    if kind == "varlen_attn":
+    while True:
+        kind = backend(q.device, q.dtype)
+        if kind == "sdpa_per_sequence":
+            out = reference_varlen(q, k, v, cu.tolist(), scale)
+            break
         try:
-            out = cuda_varlen(q, k, v, cu, max_len, scale)
-        except (RuntimeError, TypeError, ValueError) as exc:
-            _state["varlen_failed"] = repr(exc)
-            log.warning("varlen_attn failed (%s); packed attention falls back to sdpa per sequence", exc)
-            kind = "sdpa_per_sequence"
-    if out is None:
-        out = reference_varlen(q, k, v, cu.tolist(), scale)
+            out = _CUDA_KERNELS[kind](q, k, v, cu, max_len, scale)
+            break
+        except (RuntimeError, TypeError, ValueError, NotImplementedError) as exc:
+            _state["failed"][kind] = f"{type(exc).__name__}: {exc}"[:300]
+            log.warning("packed attention: %s failed (%s); trying the next kernel", kind, exc)
     _state["calls"][kind] = _state["calls"].get(kind, 0) + 1
     return out.unsqueeze(0)
 
