@@ -17,7 +17,8 @@ makes a GRPO-shaped batch (`--prompts` prompts x `--rollout-n` responses of `--r
 `--steps` timed update phases. The engine is wrapped so that CUDA events (host clocks on CPU) mark every forward,
 backward, DeepSpeed's backward epilogue (the gradient reduction left after backward: ZeRO-1/2's last bucket and
 all-reduce; ZeRO-3 reduces inside backward) and optimizer step, without adding synchronisations. `other` is the
-step's wall time outside those calls (batch slicing, token counts, metric reads: host overhead).
+step's wall time outside those calls (batch slicing, token counts, metric reads: host overhead). Each engine also
+repeats the trainer's start-up check (packed log-probs with the packing attention vs padded `sdpa` ones, 8 sequences).
 
 Cases are `z<stage>:gc<0|1>:pack<0|1>` plus optional `overlap<0|1>`, `contig<0|1>`, `bucket<bytes>`,
 `mel<0|1>` (ZeRO-3 memory_efficient_linear) and `chunk<rows>` (chunked log-probs, `workers.LOG_PROB_CHUNK_ROWS`).
@@ -288,6 +289,20 @@ def set_switches(engine, case: Case) -> None:
     W.LOG_PROB_CHUNK_ROWS = case.chunk or None
 
 
+@torch.no_grad()
+def packed_vs_padded(engine, batch: W.Batch, launch, rows: int = 8) -> dict[str, Any]:
+    """The trainer's start-up check on this engine: packed log-probs (the packing attention) vs padded `sdpa` ones."""
+    sample = W.select(batch, range(min(rows, batch["input_ids"].shape[0])))
+    attn = PA.packed_implementation(launch.device.type, "sdpa")
+    PA.set_implementation([engine], attn)
+    packed, _ = W.log_probs_of(engine, sample, 1.0, True)
+    PA.set_implementation([engine], "sdpa")
+    padded, _ = W.log_probs_of(engine, sample, 1.0, False)
+    diff = (packed - padded).abs()
+    worst = dist.all_reduce_scalars([float(diff.max()), float(diff.sum() / sample["response_mask"].sum())], "max")
+    return {"packed_attention": attn, "packed_vs_padded_max_abs": worst[0], "packed_vs_padded_mean_abs": worst[1]}
+
+
 def bare_step(engine, batch: W.Batch, plan) -> None:
     """The textbook DeepSpeed loop on the update's own micro batches (padded, HF's LM loss over all positions)."""
     engine.train()
@@ -410,6 +425,7 @@ def run_engine_group(
     (batch["old_log_probs"],) = W.forward_in_micro_batches(
         lambda mb: W.log_probs_of(engine, mb, 1.0, False)[0], batch, plan.micro, plan.max_tokens
     )
+    common_check = packed_vs_padded(engine, batch, launch)
     peak = peak_flops(torch.cuda.get_device_name(), "bf16") if clock.cuda else None
     peak = peak or (H200_PEAK if clock.cuda else None)
     common = {
@@ -418,6 +434,7 @@ def run_engine_group(
         "predicted_gib_per_gpu": estimate["gpu_bytes"] / 2**30,
         "mini_batches_per_step": plan.num_minis,
         "max_tokens_per_micro": plan.max_tokens,
+        **common_check,
     }
     for case in cases:
         if not budget.fits(est.get("case", 0.0)):
@@ -498,6 +515,7 @@ TABLE_COLUMNS = (
     ("vs bare", "ratio_vs_bare", "{:.2f}"),
     ("peak GiB", "peak_allocated_gib", "{:.1f}"),
     ("predicted GiB", "predicted_gib_per_gpu", "{:.2f}"),
+    ("packed-padded max", "packed_vs_padded_max_abs", "{:.1e}"),
 )
 
 

@@ -21,10 +21,14 @@ from dsrl.trainer import Trainer  # noqa: E402
 pytestmark = pytest.mark.train
 
 
-def _model(kv_heads: int) -> torch.nn.Module:
-    """A two-layer Qwen3 in fp32 with random weights; kv_heads < 4 is grouped-query attention."""
+def _model(kv_heads: int, arch: str = "qwen3") -> torch.nn.Module:
+    """A two-layer Qwen3 (or Llama) in fp32 with random weights; kv_heads < 4 is grouped-query attention."""
     torch.manual_seed(0)
-    cfg = transformers.Qwen3Config(
+    config_cls, model_cls = {
+        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+    }[arch]
+    cfg = config_cls(
         vocab_size=128,
         hidden_size=64,
         intermediate_size=96,
@@ -36,7 +40,7 @@ def _model(kv_heads: int) -> torch.nn.Module:
         tie_word_embeddings=False,
     )
     cfg._attn_implementation = "sdpa"
-    return transformers.Qwen3ForCausalLM(cfg).float().eval()
+    return model_cls(cfg).float().eval()
 
 
 def _batch() -> dict[str, torch.Tensor]:
@@ -80,10 +84,10 @@ def test_packed_implementation_choice():
     assert PA.packed_implementation("cpu", "sdpa") == "sdpa"
 
 
-@pytest.mark.parametrize("kv_heads", [4, 2, 1])
-def test_packed_forward_and_gradients_equal_padded_sdpa(kv_heads):
+@pytest.mark.parametrize(("arch", "kv_heads"), [("qwen3", 4), ("qwen3", 2), ("qwen3", 1), ("llama", 2)])
+def test_packed_forward_and_gradients_equal_padded_sdpa(arch, kv_heads):
     """Same weights: dsrl_packed on packed rows vs sdpa on padded rows, log-probs, entropy and every gradient."""
-    padded_model = _model(kv_heads)
+    padded_model = _model(kv_heads, arch)
     packed_model = copy.deepcopy(padded_model)
     PA.set_implementation([packed_model], PA.NAME)
     assert packed_model.config._attn_implementation == PA.NAME

@@ -92,6 +92,7 @@ def test_two_rank_cpu_smoke_run(tmp_path):
     assert [r["case"] for r in rows] == ["z2:gc1:pack1:chunk5", "z2:gc0:pack0"]
     for row in rows:
         assert "error" not in row, row["error"]
+        assert row["packed_vs_padded_max_abs"] < 1e-4  # the start-up check, in fp32 on CPU
         assert row["micro_batches"] == 2 and row["engine_steps"] == 2  # two mini batches of one micro batch
         assert row["wall_s"] > 0 and row["bare_s"] > 0 and row["ratio_vs_bare"] > 0
         parts = sum(row[k] for k in ("forward_s", "loss_s", "backward_s", "reduce_s", "step_s", "other_s"))
