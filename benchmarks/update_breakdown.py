@@ -462,6 +462,64 @@ def run_engine_group(
     _free(engine, model, batch)
 
 
+def _attention_inputs(lens: list[int], device, packed: bool) -> tuple[torch.Tensor, ...]:
+    """Random bf16 q, k, v with Qwen3-0.6B's heads (16 query, 8 K/V, 128 wide): packed [T, H, D] or padded."""
+    gen = torch.Generator().manual_seed(0)
+    lead = (sum(lens),) if packed else (len(lens), max(lens))
+    shapes = [(*lead, h, 128) if packed else (lead[0], h, lead[1], 128) for h in (16, 8, 8)]
+    return tuple(torch.randn(s, generator=gen).to(device, torch.bfloat16).requires_grad_() for s in shapes)
+
+
+def _attention_case(kind: str, lens: list[int], device) -> tuple[Callable[[], torch.Tensor], tuple[torch.Tensor, ...]]:
+    """One attention call over these sequences, by packed kernel or as transformers' sdpa runs it with a mask."""
+    packed = kind != "sdpa_padded_mask"
+    leaves = _attention_inputs(lens, device, packed=packed)
+    q, k, v = leaves
+    if kind in PA._CUDA_KERNELS:
+        cu = torch.tensor(PA.cu_seqlens(lens), dtype=torch.int32, device=device)
+        return lambda: PA._CUDA_KERNELS[kind](q, k, v, cu, max(lens), 128**-0.5), leaves
+    if packed:  # one packed row and its block-diagonal causal mask
+        seq = torch.repeat_interleave(torch.arange(len(lens), device=device), torch.tensor(lens, device=device))
+        mask = ((seq[:, None] == seq[None, :]) & torch.ones(len(seq), len(seq), device=device).tril().bool())[None]
+        q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in leaves)
+    else:  # padded rows with a causal-and-padding mask
+        width = max(lens)
+        valid = torch.arange(width, device=device)[None, :] < torch.tensor(lens, device=device)[:, None]
+        mask = torch.ones(width, width, dtype=torch.bool, device=device).tril()[None] & valid[:, None, :]
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    return lambda: sdpa(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), attn_mask=mask[:, None]), leaves
+
+
+def attention_timing(kind: str, lens: list[int], device, iters: int = 5) -> float:
+    """Milliseconds of one forward + backward of attention alone over these sequences."""
+    fn, leaves = _attention_case(kind, lens, device)
+    clock = Clock(torch.device(device))
+    for i in range(iters + 2):
+        if i == 2:
+            clock.sync()
+            start = time.perf_counter()
+        out = fn()
+        torch.autograd.grad(out, leaves, torch.ones_like(out))
+    clock.sync()
+    return (time.perf_counter() - start) / iters * 1000
+
+
+def kernel_rows(device, micro_lens: list[int]) -> list[dict[str, Any]]:
+    """Packed attention kernels on this GPU: errors against fp32 textbook attention; fwd+bwd time per micro batch."""
+    rows = []
+    for kind in (*PA._CUDA_KERNELS, "sdpa_padded_mask", "sdpa_packed_mask"):
+        row: dict[str, Any] = {"case": f"kernel:{kind}", "tokens": sum(micro_lens), "sequences": len(micro_lens)}
+        try:
+            if kind in PA._CUDA_KERNELS:
+                row.update({f"rel_err_{k}": v for k, v in PA.self_check(kind, device, torch.bfloat16).items()})
+            row["attention_fwd_bwd_ms"] = attention_timing(kind, micro_lens, device)
+        except Exception as exc:
+            row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        rows.append(row)
+        _free()
+    return rows
+
+
 def run(args) -> None:
     launch = dist.launch_info(args.device)
     dist.init(launch, args.collective_timeout_s)
@@ -482,6 +540,11 @@ def run(args) -> None:
         resolve_model_path(args.model, corpus_files=corpus)
     dist.barrier()
     args.model_path = str(resolve_model_path(args.model, corpus_files=corpus))
+    if args.device == "cuda" and args.kernels:
+        gen = torch.Generator().manual_seed(3)
+        micro_lens = torch.randint(100 + args.response_len, 200 + args.response_len + 1, (24,), generator=gen)
+        for row in kernel_rows(launch.device, micro_lens.tolist()):
+            rec.write(row)
     est: dict[str, float] = {}
     bare: dict[tuple, float] = {}  # bare-loop seconds per (stage, checkpointing), on the stage's first engine
     for group in group_by_engine(cases):
@@ -519,19 +582,39 @@ TABLE_COLUMNS = (
 )
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    """Markdown table of result rows: per optimizer-step phase seconds (summed over micro batches), MFU, memory."""
-    lines = ["| " + " | ".join(h for h, _, _ in TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+KERNEL_COLUMNS = (
+    ("attention kernel", "case", "{}"),
+    ("tokens", "tokens", "{:.0f}"),
+    ("fwd+bwd ms", "attention_fwd_bwd_ms", "{:.2f}"),
+    ("rel err out", "rel_err_out", "{:.1e}"),
+    ("dq", "rel_err_dq", "{:.1e}"),
+    ("dk", "rel_err_dk", "{:.1e}"),
+    ("dv", "rel_err_dv", "{:.1e}"),
+)
+
+
+def _markdown(rows: list[dict[str, Any]], columns: tuple[tuple[str, str, str], ...]) -> list[str]:
+    lines = ["| " + " | ".join(h for h, _, _ in columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         if "error" in row or "skipped" in row:
             lines.append(f"| {row['case']} | " + (row.get("error") or row["skipped"]).replace("|", "/")[:120] + " |")
             continue
         cells = []
-        for _, key, fmt in TABLE_COLUMNS:
+        for _, key, fmt in columns:
             value = row.get(key)
             ok = value is not None and not (isinstance(value, float) and math.isnan(value))
             cells.append(fmt.format(value) if ok else "-")
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown tables: the cases (per optimizer-step seconds summed over micro batches, MFU, memory), then the
+    attention kernels (error against fp32 attention, time for one 16k-token micro batch), if measured."""
+    kernels = [r for r in rows if str(r["case"]).startswith("kernel:")]
+    lines = _markdown([r for r in rows if r not in kernels], TABLE_COLUMNS)
+    if kernels:
+        lines += ["", *_markdown(kernels, KERNEL_COLUMNS)]
     return "\n".join(lines)
 
 
@@ -560,6 +643,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--no-bare", dest="bare", action="store_false", help="skip the bare DeepSpeed loop")
+    p.add_argument("--no-kernels", dest="kernels", action="store_false", help="skip the attention-kernel checks")
     p.add_argument("--cases", default=DEFAULT_CASES)
     p.add_argument("--budget-s", type=float, default=280.0)
     p.add_argument("--collective-timeout-s", type=float, default=300.0)

@@ -161,3 +161,18 @@ def test_cpu_keeps_sdpa_with_packing():
     model = _model(1)
     assert Trainer._check_remove_padding(_fake_trainer(model, "sdpa")) is True
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_self_check_of_the_cpu_kernel_against_textbook_attention():
+    """The check the GPU benchmark runs on varlen_attn, here on the per-sequence sdpa kernel in fp32."""
+    errors = PA.self_check("sdpa_per_sequence", "cpu", torch.float32, lens=(9, 1, 20), heads=4, kv_heads=2, head_dim=8)
+    assert set(errors) == {"out", "dq", "dk", "dv"} and max(errors.values()) < 1e-5
+    other_scale = PA.self_check("sdpa_per_sequence", "cpu", torch.float32, (9, 1, 20), 4, 2, 8, scale=0.3)
+    assert max(other_scale.values()) < 1e-5
+
+
+def test_self_check_catches_a_kernel_that_attends_across_sequences(monkeypatch):
+    whole_row = lambda q, k, v, cu, max_len, scale: PA.reference_varlen(q, k, v, [0, q.shape[0]], scale)  # noqa: E731
+    monkeypatch.setitem(PA._CUDA_KERNELS, "whole_row", whole_row)
+    errors = PA.self_check("whole_row", "cpu", torch.float32, lens=(9, 1, 20), heads=4, kv_heads=2, head_dim=8)
+    assert errors["out"] > 0.1

@@ -98,3 +98,21 @@ def test_two_rank_cpu_smoke_run(tmp_path):
         parts = sum(row[k] for k in ("forward_s", "loss_s", "backward_s", "reduce_s", "step_s", "other_s"))
         assert parts == pytest.approx(row["wall_s"])
     assert "| z2:gc0:pack0 |" in proc.stdout
+
+
+def test_attention_timing_cases_compute_causal_attention_per_sequence():
+    """The masked sdpa layouts the kernels are timed against are per-sequence causal attention (bf16, CPU)."""
+    torch = pytest.importorskip("torch")
+    lens, scale = [3, 5], 128**-0.5
+    fn, (q, k, v) = UB._attention_case("sdpa_packed_mask", lens, "cpu")
+    got = fn()[0].transpose(0, 1)  # [T, H, D]
+    want = torch.cat([UB.PA._eager_causal(*(t[s:e].double() for t in (q, k, v)), scale) for s, e in [(0, 3), (3, 8)]])
+    torch.testing.assert_close(got.double(), want, atol=2e-2, rtol=2e-2)
+    fn, (q, k, v) = UB._attention_case("sdpa_padded_mask", lens, "cpu")
+    out = fn()  # [B, H, L, D]
+    for i, n in enumerate(lens):
+        row = [t[i, :, :n].transpose(0, 1).double() for t in (q, k, v)]
+        torch.testing.assert_close(
+            out[i, :, :n].transpose(0, 1).double(), UB.PA._eager_causal(*row, scale), atol=2e-2, rtol=2e-2
+        )
+    assert UB.attention_timing("sdpa_packed_mask", lens, "cpu", iters=1) > 0
