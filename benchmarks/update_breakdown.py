@@ -350,8 +350,8 @@ class Recorder:
         print(json.dumps(row), flush=True)
 
 
-def _free(*objs) -> None:
-    del objs
+def _free() -> None:
+    """Return what dropped engines and failed cases held to the allocator before the next one."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -458,8 +458,7 @@ def run_engine_group(
             rec.write({"case": case.name, "error": f"{type(exc).__name__}: {exc}"[:2000]})
             _free()
         est["case"] = max(est.get("case", 0.0), time.perf_counter() - t1)
-    engine.destroy()
-    _free(engine, model, batch)
+    engine.destroy()  # the caller frees the rest once this frame is gone
 
 
 def _attention_inputs(lens: list[int], device, packed: bool) -> tuple[torch.Tensor, ...]:
@@ -554,6 +553,7 @@ def run(args) -> None:
             continue
         try:
             run_engine_group(args, group, launch, budget, rec, est, bare)
+            _free()
         except Exception as exc:
             traceback.print_exc()
             for case in group:
