@@ -113,14 +113,15 @@ def parse_case(text: str) -> Case:
     return Case(**values)
 
 
-DEFAULT_CASES = (
-    # the matrix, most important first: ZeRO-2 packing on/off, then checkpointing off, ZeRO-1, ZeRO-3
-    "z2:gc1:pack1,z2:gc1:pack0,z2:gc0:pack1,z2:gc0:pack0,z2:gc1:pack1:chunk4096,z2:gc0:pack1:chunk4096,"
-    "z1:gc1:pack1,z1:gc1:pack0,z1:gc0:pack1,z1:gc0:pack0,"
-    "z3:gc1:pack1,z3:gc1:pack0,z3:gc0:pack1,z3:gc0:pack0,"
-    # DeepSpeed knobs (one engine each); memory_efficient_linear patches F.linear process-wide, so it runs last
-    "z2:gc1:pack1:overlap0,z2:gc1:pack1:contig0,z2:gc1:pack1:bucket5e+07,z2:gc1:pack1:bucket2e+09,z3:gc1:pack1:mel1"
-)
+PRESETS = {
+    # the matrix, most important first: ZeRO-2 packing on/off, then checkpointing off, ZeRO-1
+    "z12": "z2:gc1:pack1,z2:gc1:pack0,z2:gc0:pack1,z2:gc0:pack0,z2:gc1:pack1:chunk4096,z2:gc0:pack1:chunk4096,"
+    "z1:gc1:pack1,z1:gc1:pack0,z1:gc0:pack1,z1:gc0:pack0",
+    # ZeRO-3, then DeepSpeed knobs (one engine each); memory_efficient_linear patches F.linear process-wide: last
+    "z3knobs": "z3:gc1:pack1,z3:gc1:pack0,z3:gc0:pack1,z3:gc0:pack0,"
+    "z2:gc1:pack1:overlap0,z2:gc1:pack1:contig0,z2:gc1:pack1:bucket5e+07,z2:gc1:pack1:bucket2e+09,z3:gc1:pack1:mel1",
+}
+PRESETS["all"] = f"{PRESETS['z12']},{PRESETS['z3knobs']}"
 
 
 def group_by_engine(cases: list[Case]) -> list[list[Case]]:
@@ -522,7 +523,7 @@ def kernel_rows(device, micro_lens: list[int]) -> list[dict[str, Any]]:
 def run(args) -> None:
     launch = dist.launch_info(args.device)
     dist.init(launch, args.collective_timeout_s)
-    cases = [parse_case(c) for c in args.cases.split(",") if c.strip()]
+    cases = [parse_case(c) for c in PRESETS.get(args.cases, args.cases).split(",") if c.strip()]
     budget = Budget(args.budget_s)
     common = {
         "model": args.model,
@@ -644,7 +645,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--no-bare", dest="bare", action="store_false", help="skip the bare DeepSpeed loop")
     p.add_argument("--no-kernels", dest="kernels", action="store_false", help="skip the attention-kernel checks")
-    p.add_argument("--cases", default=DEFAULT_CASES)
+    p.add_argument("--cases", default="all", help=f"comma list of cases, or a preset: {', '.join(PRESETS)}")
     p.add_argument("--budget-s", type=float, default=280.0)
     p.add_argument("--collective-timeout-s", type=float, default=300.0)
     p.add_argument("--out", default="update_breakdown.jsonl")

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.train
 
 
 def test_case_names_round_trip():
-    for text in UB.DEFAULT_CASES.split(","):
+    for text in UB.PRESETS["all"].split(","):
         assert UB.parse_case(text).name == text
     case = UB.parse_case("z3:gc0:pack1:mel1:bucket2e8:chunk4096")
     assert (case.stage, case.gc, case.pack, case.mel, case.bucket, case.chunk) == (3, False, True, True, 2e8, 4096)
