@@ -24,8 +24,8 @@ Cases are `z<stage>:gc<0|1>:pack<0|1>` plus optional `overlap<0|1>`, `contig<0|1
 `mel<0|1>` (ZeRO-3 memory_efficient_linear) and `chunk<rows>` (chunked log-probs, `workers.LOG_PROB_CHUNK_ROWS`).
 Cases sharing the DeepSpeed settings share one engine (gradient checkpointing, packing and chunking are switched on
 the live model). The bare DeepSpeed loop (`loss = engine(ids, labels=ids).loss`, benchmarks/actor_update_vs_bare.py)
-runs on the same micro batches once per ZeRO stage and checkpointing setting, on that stage's first engine; every
-case's `ratio_vs_bare` divides by it. Results are appended
+runs on the same micro batches once per ZeRO stage and checkpointing setting, on an engine with dsrl's default
+DeepSpeed settings; every case of that stage and setting gets `ratio_vs_bare` from it. Results are appended
 to `--out` (JSON lines, rank 0) as each case finishes; a case that fails is recorded with its error and the next
 one runs. `--budget-s` stops before a case (or engine) that the time left would not fit.
 """
@@ -445,7 +445,8 @@ def run_engine_group(
         try:
             row = run_case(args, case, engine, batch, plan, actor_cfg, clock, launch, peak)
             key = (case.stage, case.gc)
-            if args.bare and key not in bare and budget.fits(est.get("case", 0.0) / 2):
+            default_ds = case.engine_key == Case(case.stage, case.gc, case.pack).engine_key
+            if args.bare and default_ds and key not in bare and budget.fits(est.get("case", 0.0) / 2):
                 set_switches(engine, dataclasses.replace(case, pack=False, chunk=0))
                 for _ in range(args.warmup):
                     bare_step(engine, batch, plan)
@@ -546,7 +547,7 @@ def run(args) -> None:
         for row in kernel_rows(launch.device, micro_lens.tolist()):
             rec.write(row)
     est: dict[str, float] = {}
-    bare: dict[tuple, float] = {}  # bare-loop seconds per (stage, checkpointing), on the stage's first engine
+    bare: dict[tuple, float] = {}  # bare-loop seconds per (stage, checkpointing), default DeepSpeed settings
     for group in group_by_engine(cases):
         if not budget.fits(est.get("init", 0.0) + est.get("case", 0.0)):
             for case in group:
