@@ -176,3 +176,23 @@ def test_self_check_catches_a_kernel_that_attends_across_sequences(monkeypatch):
     monkeypatch.setitem(PA._CUDA_KERNELS, "whole_row", whole_row)
     errors = PA.self_check("whole_row", "cpu", torch.float32, lens=(9, 1, 20), heads=4, kv_heads=2, head_dim=8)
     assert errors["out"] > 0.1
+
+
+def test_a_kernel_that_fails_its_probe_is_skipped_for_the_next(monkeypatch):
+    """The fallback chain: a wrong kernel fails its first-use probe; the packed forward still equals padded sdpa."""
+    whole_row = lambda q, k, v, cu, max_len, scale: PA.reference_varlen(q, k, v, [0, q.shape[0]], scale)  # noqa: E731
+    monkeypatch.setitem(PA._CUDA_KERNELS, "whole_row", whole_row)
+    monkeypatch.setattr(PA, "_state", {"failed": {}, "calls": {}})
+    monkeypatch.setattr(
+        PA, "backend", lambda device, dtype: "sdpa_per_sequence" if "whole_row" in PA._state["failed"] else "whole_row"
+    )
+    model = _model(2)
+    packed_model = copy.deepcopy(model)
+    PA.set_implementation([packed_model], PA.NAME)
+    b = _batch()
+    with torch.no_grad():
+        packed, _ = W.log_probs_of(packed_model, b, 1.0, remove_padding=True)
+        padded, _ = W.log_probs_of(model, b, 1.0, remove_padding=False)
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)
+    assert "disagrees with textbook attention" in PA._state["failed"]["whole_row"]
+    assert PA.backends_used()["sdpa_per_sequence"] == 2

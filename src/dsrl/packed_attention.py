@@ -8,7 +8,9 @@ GPU. This module registers `dsrl_packed` with transformers' `AttentionInterface`
   transformers' flash-attention path uses, passed through the model call by `workers._response_rows`) runs each
   sequence causally without any mask: on CUDA in 16 bits with PyTorch's own variable-length flash attention
   (`torch.nn.attention.varlen.varlen_attn`, else `aten::_flash_attention_forward`, which it wraps), elsewhere (CPU,
-  fp32) and if both fail with a per-sequence `sdpa` reference;
+  fp32) and if both fail with a per-sequence `sdpa` reference. Each CUDA kernel is probed at its first use
+  (forward and backward on small sequences against textbook attention, `self_check`), so a kernel that is missing,
+  has no backward in this torch or gets this head layout wrong is skipped before it can spoil an update;
 * every other call (padded batches with an attention mask, `generate` with its KV cache) is plain `sdpa`, so the
   model behaves exactly as with `attn_implementation=sdpa` outside packed forwards.
 
@@ -161,6 +163,7 @@ def _packed(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu: tor
             out = reference_varlen(q, k, v, cu.tolist(), scale)
             break
         try:
+            _probe(kind, str(q.device), q.dtype, q.shape[1], k.shape[1], q.shape[2], scale)
             out = _CUDA_KERNELS[kind](q, k, v, cu, max_len, scale)
             break
         except (RuntimeError, TypeError, ValueError, NotImplementedError) as exc:
@@ -168,6 +171,24 @@ def _packed(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu: tor
             log.warning("packed attention: %s failed (%s); trying the next kernel", kind, exc)
     _state["calls"][kind] = _state["calls"].get(kind, 0) + 1
     return out.unsqueeze(0)
+
+
+PROBE_TOLERANCE = {torch.float16: 0.03, torch.bfloat16: 0.03, torch.float32: 1e-4}
+"""Largest relative error `self_check` accepts: 16-bit kernels land near 0.005, a wrong scale near 0.1, a wrong
+causal span or GQA head mapping near 1."""
+
+
+@functools.cache
+def _probe(kind: str, device: str, dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int, scale) -> None:
+    """Once per kernel and head layout: forward and backward on small sequences must match textbook attention.
+
+    A kernel that runs but is wrong for this layout, or has no backward in this torch, fails here, at the first
+    packed forward (the trainer's start-up check), rather than in the middle of an update.
+    """
+    scale = head_dim**-0.5 if scale is None else scale
+    errors = self_check(kind, device, dtype, (37, 5, 64), heads, kv_heads, head_dim, scale)
+    if max(errors.values()) > PROBE_TOLERANCE[dtype]:
+        raise RuntimeError(f"{kind} disagrees with textbook attention: relative errors {errors}")
 
 
 def attention(
@@ -267,17 +288,19 @@ def self_check(
     base = {n: torch.randn(s, generator=gen) for n, s in shapes.items()}
     grad_out = torch.randn(total, heads, head_dim, generator=gen)
     cu = cu_seqlens(lens)
-    inputs = [base[n].to(device, dtype).requires_grad_() for n in "qkv"]
-    if kernel == "sdpa_per_sequence":
-        out = reference_varlen(*inputs, cu, scale)
-    else:
-        cu_t = torch.tensor(cu, dtype=torch.int32, device=device)
-        out = _CUDA_KERNELS[kernel](*inputs, cu_t, max(lens), scale)
-    grads = torch.autograd.grad(out, inputs, grad_out.to(device, dtype))
-    ref_in = [base[n].double().requires_grad_() for n in "qkv"]
-    ref = torch.cat([_eager_causal(*(t[s:e] for t in ref_in), scale) for s, e in zip(cu[:-1], cu[1:], strict=True)])
-    ref_grads = torch.autograd.grad(ref, ref_in, grad_out.double())
+    with torch.enable_grad():  # callers may be inside no_grad (log-prob forwards)
+        inputs = [base[n].to(device, dtype).requires_grad_() for n in "qkv"]
+        if kernel == "sdpa_per_sequence":
+            out = reference_varlen(*inputs, cu, scale)
+        else:
+            cu_t = torch.tensor(cu, dtype=torch.int32, device=device)
+            out = _CUDA_KERNELS[kernel](*inputs, cu_t, max(lens), scale)
+        grads = torch.autograd.grad(out, inputs, grad_out.to(device, dtype))
+        ref_in = [base[n].double().requires_grad_() for n in "qkv"]
+        spans = zip(cu[:-1], cu[1:], strict=True)
+        ref = torch.cat([_eager_causal(*(t[s:e] for t in ref_in), scale) for s, e in spans])
+        ref_grads = torch.autograd.grad(ref, ref_in, grad_out.double())
     errors = {}
     for name, got, want in zip(("out", "dq", "dk", "dv"), (out, *grads), (ref, *ref_grads), strict=True):
-        errors[name] = float((got.double().cpu() - want).abs().max() / want.abs().max())
+        errors[name] = float((got.detach().double().cpu() - want.detach()).abs().max() / want.detach().abs().max())
     return errors
