@@ -196,3 +196,18 @@ def test_a_kernel_that_fails_its_probe_is_skipped_for_the_next(monkeypatch):
     torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)
     assert "disagrees with textbook attention" in PA._state["failed"]["whole_row"]
     assert PA.backends_used()["sdpa_per_sequence"] == 2
+
+
+def test_trainer_falls_back_to_padding_when_the_switch_raises(monkeypatch):
+    model = _model(1)
+    monkeypatch.setattr(PA, "packed_implementation", lambda device_type, attn: PA.NAME)
+
+    def refuse(models, attn):
+        if attn == PA.NAME:
+            raise ValueError("this transformers does not know dsrl_packed")
+        for m in models:
+            m.set_attn_implementation(attn)
+
+    monkeypatch.setattr(PA, "set_implementation", refuse)
+    assert Trainer._check_remove_padding(_fake_trainer(model, "sdpa")) is False
+    assert model.config._attn_implementation == "sdpa"
