@@ -116,3 +116,11 @@ def test_attention_timing_cases_compute_causal_attention_per_sequence():
             out[i, :, :n].transpose(0, 1).double(), UB.PA._eager_causal(*row, scale), atol=2e-2, rtol=2e-2
         )
     assert UB.attention_timing("sdpa_packed_mask", lens, "cpu", iters=1) > 0
+
+
+def test_budget_refuses_work_that_would_not_fit():
+    import time
+
+    budget = UB.Budget(10.0, start=time.perf_counter() - 9.0)
+    assert budget.fits(0.5) and not budget.fits(2.0)
+    assert 0 < budget.left() <= 1.0
