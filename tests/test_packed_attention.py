@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 from types import SimpleNamespace
 
@@ -211,3 +212,48 @@ def test_trainer_falls_back_to_padding_when_the_switch_raises(monkeypatch):
     monkeypatch.setattr(PA, "set_implementation", refuse)
     assert Trainer._check_remove_padding(_fake_trainer(model, "sdpa")) is False
     assert model.config._attn_implementation == "sdpa"
+
+
+def _fake_varlen(version: str):
+    """A stand-in for torch's varlen_attn with one release's keywords, computing with the CPU reference."""
+
+    def v210(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
+        assert is_causal and query.shape[1] == key.shape[1] and cu_seq_q.dtype == torch.int32
+        return PA.reference_varlen(query, key, value, cu_seq_q.tolist(), None)
+
+    def v211(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None, window_size=(-1, -1)):
+        assert window_size == (-1, 0) and query.shape[1] == key.shape[1] and max_q == max_k
+        return PA.reference_varlen(query, key, value, cu_seq_q.tolist(), scale)
+
+    def v212(
+        query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None, window_size=(-1, -1),
+        enable_gqa=False, seqused_k=None, block_table=None, num_splits=None,
+    ):  # fmt: skip
+        assert window_size == (-1, 0) and (enable_gqa or query.shape[1] == key.shape[1])
+        return PA.reference_varlen(query, key, value, cu_seq_q.tolist(), scale)
+
+    fn = {"2.10": v210, "2.11": v211, "2.12": v212}[version]
+    return fn, frozenset(inspect.signature(fn).parameters)
+
+
+@pytest.mark.parametrize("version", ["2.10", "2.11", "2.12"])
+def test_the_cuda_path_through_a_model_with_each_varlen_signature(monkeypatch, version):
+    """The CUDA code path on CPU: varlen_attn (faked per release) called from a GQA model, values and gradients."""
+    monkeypatch.setattr(PA, "_varlen_fn", lambda: _fake_varlen(version))
+    monkeypatch.setattr(PA, "_state", {"failed": {}, "calls": {}})
+    monkeypatch.setattr(PA, "backend", lambda device, dtype: "varlen_attn")
+    PA._probe.cache_clear()
+    padded_model = _model(2)
+    packed_model = copy.deepcopy(padded_model)
+    PA.set_implementation([packed_model], PA.NAME)
+    b = _batch()
+    grads = []
+    for model, rmpad in ((padded_model, False), (packed_model, True)):
+        lp, _ = W.log_probs_of(model, b, 1.0, remove_padding=rmpad)
+        lp.sum().backward()
+        grads.append((lp.detach(), [p.grad for p in model.parameters()]))
+    torch.testing.assert_close(grads[1][0], grads[0][0], atol=1e-5, rtol=1e-5)
+    for a, c in zip(grads[1][1], grads[0][1], strict=True):
+        torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-4)
+    assert PA._state["calls"] == {"varlen_attn": 2} and not PA._state["failed"]
+    PA._probe.cache_clear()
