@@ -208,6 +208,8 @@ def breakdown(marks: list[tuple[str, Any, Any, float]], clock: Clock, wall: floa
     res = {f"{k}_s": v for k, v in out.items()}
     res.update({f"{k}_host_s": v for k, v in host.items()})
     res.update(wall_s=wall, micro_batches=micro, engine_steps=steps)
+    res.update({f"{k}_per_micro_s": out[k] / max(micro, 1) for k in ("forward", "loss", "backward")})
+    res.update({f"{k}_per_engine_step_s": out[k] / max(steps, 1) for k in ("reduce", "step")})
     return res
 
 

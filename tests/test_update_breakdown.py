@@ -59,6 +59,7 @@ def test_breakdown_splits_the_wall_time():
     assert row["backward_s"] == 4.25 - 1.5 and row["step_s"] == 1.5
     assert row["other_s"] == pytest.approx(10.0 - 2.0 - 0.75 - 2.75 - 1.5 - 1.5)
     assert row["micro_batches"] == 2 and row["engine_steps"] == 2 and row["forward_host_s"] == pytest.approx(0.2)
+    assert row["forward_per_micro_s"] == 1.0 and row["step_per_engine_step_s"] == 0.75
 
 
 def test_table_lists_errors_and_numbers():
