@@ -5,7 +5,7 @@
 #   source .device/setup.sh && bash benchmarks/update_breakdown.sh BUDGET_S [update_breakdown.py args...]
 #
 # e.g. `bash benchmarks/update_breakdown.sh 300 --cases z12` (ZeRO-2 and ZeRO-1 x checkpointing x packing, chunked
-# log-probs) and `bash benchmarks/update_breakdown.sh 300 --cases z3knobs` (ZeRO-3, DeepSpeed knobs) in a second call;
+# log-probs) and `bash benchmarks/update_breakdown.sh 420 --cases z3knobs` (ZeRO-3, DeepSpeed knobs) in a second call;
 # without --cases all of them run, most important first, until the budget.
 # Prompt lengths come from GSM8K's chat prompts (.device/gsm8k, as the workflow prepares them), else synthetic.
 # Writes $OUT/update_breakdown.jsonl, .md (the table) and .log, and DeepSpeed's compiled ops ($OUT/ext.tar.gz, from
