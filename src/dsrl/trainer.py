@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig
 
 from dsrl import algorithms as algos
-from dsrl import atomic, checkpoint, dist, failures, hf_export
+from dsrl import atomic, checkpoint, dist, failures, hf_export, packed_attention
 from dsrl import workers as W
 from dsrl.advantages import compute_advantage
 from dsrl.batching import BatchPlan, plan_batches
@@ -267,32 +267,41 @@ class Trainer:
         self.reward_kwargs = dict(self.cfg.reward.reward_kwargs)
 
     def _check_remove_padding(self) -> bool:
-        """Packed (padding-free) forwards need an attention path that honours packed position_ids: verify it."""
+        """Packed (padding-free) forwards need an attention path that honours packed sequences: pick it, verify it.
+
+        On CUDA, `sdpa`/`eager` would materialise a block-diagonal mask per micro batch, so the engines switch to
+        `dsrl_packed` (PyTorch's variable-length flash attention; `sdpa` for every padded call). The start-up
+        check, packed log-probs equal to padded ones on every rank, decides; if it fails the engines switch back.
+        """
         model_cfg = self.cfg.actor_rollout_ref.model
         if not model_cfg.use_remove_padding:
             return False
-        attn = dict(model_cfg.override_config).get("attn_implementation", "sdpa")
-        if self.device.type == "cuda" and "flash" not in str(attn):
-            log.warning(
-                "use_remove_padding=True: attn_implementation=%s would materialise a block-diagonal mask "
-                "on the GPU; falling back to padded batches (set actor_rollout_ref.model.override_config."
-                "attn_implementation=flash_attention_2 where flash-attn is installed)",
-                attn,
-            )
-            return False
+        attn = str(dict(model_cfg.override_config).get("attn_implementation", "sdpa"))
+        packed_attn = packed_attention.packed_implementation(self.device.type, attn)
+        models = [m for m in (self.actor, self.ref, self.critic) if m is not None]
         ids = [[5, 6, 7, 8, 9], [10, 11, 12]]
         batch = assemble_batch([i[:2] for i in ids], [i[2:] for i in ids], 1, self.pad_id, 3, self.device)
-        with torch.no_grad():
-            packed, _ = W.log_probs_of(self.actor, batch, 1.0, True)
-            padded, _ = W.log_probs_of(self.actor, batch, 1.0, False)
-        tol = 1e-3 if self.actor_spec.ds_config.get("bf16") is None else 5e-2
-        ok = bool(torch.allclose(packed, padded, atol=tol))
+        try:  # a switch or packed forward that raises is a failed check, on this rank, not a failed start
+            if packed_attn != attn:
+                log.info("use_remove_padding=True: attn_implementation %s -> %s on %s", attn, packed_attn, self.device)
+                packed_attention.set_implementation(models, packed_attn)
+            with torch.no_grad():
+                packed, _ = W.log_probs_of(self.actor, batch, 1.0, True)
+                padded, _ = W.log_probs_of(self.actor, batch, 1.0, False)
+            tol = 1e-3 if self.actor_spec.ds_config.get("bf16") is None else 5e-2
+            ok = bool(torch.allclose(packed, padded, atol=tol))
+        except (RuntimeError, ValueError, TypeError, NotImplementedError) as exc:
+            log.warning("use_remove_padding=True: packed forward with %s failed: %s", packed_attn, exc)
+            ok = False
         ok = bool(dist.all_reduce_scalars([float(ok)], "min")[0])
         if not ok:
             log.warning(
-                "use_remove_padding=True: this model's attention does not honour packed sequences; "
-                "falling back to padded batches"
+                "use_remove_padding=True: attn_implementation=%s does not honour packed sequences; "
+                "falling back to padded batches",
+                packed_attn,
             )
+            if packed_attn != attn:
+                packed_attention.set_implementation(models, attn)
         else:
             log.info("use_remove_padding=True: log-prob, value and update forwards run on packed sequences")
         return ok
