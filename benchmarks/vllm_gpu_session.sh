@@ -4,21 +4,39 @@
 # Then one device call per part of the vLLM bundle, back to back (the machine forgets /tmp 30 s after a call):
 #   carry [".vllm-bundle/p0"]:            bash .vllm-bundle/p0/collect.sh
 #   carry [".vllm-bundle/p1"]:            bash .vllm-bundle/p1/collect.sh
-#   carry [".vllm-bundle/p2", ".device"]: bash benchmarks/vllm_gpu_session.sh 580
-# This last call unpacks vLLM into /tmp/site, runs the 512-token suite (the first vLLM run also pays vLLM's
-# torch.compile, cached for the later ones) and plain vLLM `LLM.generate` on the same prompts
-# (benchmarks/vllm_plain.py -> $OUT/plain_vllm.jsonl). Later calls of the same lease continue the suites:
-#   carry [".device"]:                    bash benchmarks/gpu_suites.sh 580 [targets]
+#   carry [".vllm-bundle/p2", ".device"]: bash benchmarks/vllm_gpu_session.sh 590 [snakemake targets...]
+# This last call unpacks vLLM into /tmp/site, then measures, at once on the two GPUs:
+#   GPU 1: plain vLLM `LLM.generate` on the prompts a run samples (benchmarks/vllm_plain.py -> plain_vllm.jsonl);
+#   GPU 0: one dsrl server per way of asking it (benchmarks/vllm_request_modes.py -> request_modes.jsonl): with its
+#          tokenizer (/v1/completions as dsrl sent before, and /inference/v1/generate), then as dsrl starts it now
+#          (--tokens-only, /inference/v1/generate);
+# and spends what is left of the budget on the workflow's suites (benchmarks/gpu_suites.sh, the given targets).
+# Later calls of the same lease continue the suites:
+#   carry [".device"]:                    bash benchmarks/gpu_suites.sh 590 [targets]
 set -uo pipefail
 start=$(date +%s)
 budget=$1
+shift
 if [ -d .vllm-bundle/p2 ]; then bash .vllm-bundle/p2/collect.sh || exit 1; fi
-bash benchmarks/gpu_suites.sh $((budget - 150 - ($(date +%s) - start))) results/rollout512/summary.tsv
-source .device/setup.sh >/dev/null
-export HF_HUB_OFFLINE=1 DSRL_CACHE_DIR=/tmp/dsrl-cache VLLM_USE_FLASHINFER_SAMPLER=0
-left=$((budget - ($(date +%s) - start) - 10))
-if [ -f results/data/train.parquet ] && [ "$left" -gt 60 ]; then
-    timeout -k 5 "$left" python3 benchmarks/vllm_plain.py --train results/data/train.parquet --prompts 64 32 \
-        --n 4 --tokens 128 512 --out "$OUT/plain_vllm.jsonl" >"$OUT/plain_vllm.log" 2>&1
-    echo "plain vLLM exit $? after $(($(date +%s) - start))s"
-fi
+diag=/tmp/request-modes/out  # at most 8 files come back from $OUT: these travel as one tarball
+mkdir -p $diag
+(
+    source .device/setup.sh >/dev/null || exit 1
+    export HF_HUB_OFFLINE=1 DSRL_CACHE_DIR=/tmp/dsrl-cache VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
+    data=/tmp/request-modes/data
+    python3 -m dsrl.cli prepare-data --source .device/gsm8k --out-dir $data --train-size 256 --test-size 8 || exit 1
+    python3 -c "from dsrl.models import resolve_model_path as r; r('random:qwen3-0.6b', corpus_files=['$data/train.parquet'])"
+    CUDA_VISIBLE_DEVICES=1 timeout -k 5 300 python3 benchmarks/vllm_plain.py --train $data/train.parquet \
+        --prompts 32 64 --n 4 --tokens 128 512 --repeats 2 --out "$diag/plain_vllm.jsonl" >"$diag/plain_vllm.log" 2>&1 &
+    modes="python3 benchmarks/vllm_request_modes.py --train $data/train.parquet --config config/gpu.yaml --repeats 2"
+    CUDA_VISIBLE_DEVICES=0 timeout -k 5 200 $modes --with-tokenizer --modes completions generate \
+        --log "$diag/server-tokenizer.log" --out "$diag/request_modes_tokenizer.jsonl" trainer.device=cuda
+    CUDA_VISIBLE_DEVICES=0 timeout -k 5 120 $modes --modes generate \
+        --log "$diag/server-tokens-only.log" --out "$diag/request_modes_tokens_only.jsonl" trainer.device=cuda
+    wait
+) >"$diag/request_modes.log" 2>&1
+tar czf "$OUT/request_modes.tar.gz" -C $diag .
+echo "request modes and plain vLLM done after $(($(date +%s) - start))s"
+tail -n 3 $diag/*.jsonl
+[ -s $diag/request_modes_tokens_only.jsonl ] || { echo "the tokens-only server did not answer: no suites"; exit 1; }
+[ $# -gt 0 ] && bash benchmarks/gpu_suites.sh $((budget - ($(date +%s) - start))) "$@"

@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/vllm_gpu_table.py docs/benchmarks/vllm-h200x2
 
-Reads `runs/<suite>/<algo>/<case>/seed<seed>/metrics.jsonl` (the workflow's run folders) and `plain_vllm.jsonl`
-(benchmarks/vllm_plain.py), prints markdown and writes it to <dir>/tables.md. Per-step figures are medians over
+Reads `runs/<suite>/<algo>/<case>/seed<seed>/metrics.jsonl` (the workflow's run folders), `plain_vllm.jsonl`
+(benchmarks/vllm_plain.py) and, where present, `request_modes*.jsonl` (benchmarks/vllm_request_modes.py), prints
+markdown and writes it to <dir>/tables.md. Per-step figures are medians over
 steps 2..N: step 1 holds the first weight push and one-off kernel JIT (vLLM logs a Triton compile of its log-prob
 kernel there), and HF `generate` still warms up at step 2.
 """
@@ -71,6 +72,22 @@ def plain_rows(path: Path) -> pd.DataFrame:
     return out.rename(columns={"max_tokens": "response tokens", "tok_s": "generated tok/s"})
 
 
+def mode_rows(root: Path) -> pd.DataFrame:
+    """One server on one GPU asked each way, beside plain vLLM on the same prompt count (one rank's share)."""
+    rows = [json.loads(line) for f in sorted(root.glob("request_modes*.jsonl")) for line in f.read_text().splitlines()]
+    timed = pd.DataFrame([r for r in rows if r["what"] == "rollout"])
+    if timed.empty:
+        return timed
+    out = timed.groupby(["max_tokens", "server", "mode", "logprobs"], as_index=False).agg(
+        prompts=("prompts", "first"), seconds=("seconds", "mean"), tok_s=("tokens_per_s", "mean")
+    )
+    plain = plain_rows(root / "plain_vllm.jsonl")
+    plain = plain[plain["seeded"]].set_index(["response tokens", "prompts"])["seconds"]
+    out["plain vLLM s"] = [plain.get((t, p)) for t, p in zip(out["max_tokens"], out["prompts"], strict=True)]
+    out["plain / this"] = out["plain vLLM s"] / out["seconds"]
+    return out.rename(columns={"max_tokens": "response tokens", "tok_s": "generated tok/s"})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root", type=Path)
@@ -81,6 +98,10 @@ def main() -> None:
     text = "## dsrl runs (medians over steps 2..N)\n\n" + runs.round(3).to_markdown(index=False)
     text += "\n\n## plain vLLM LLM.generate on one GPU (n=4, mean of 2 timed calls)\n\n"
     text += plain.round(3).to_markdown(index=False) + "\n"
+    modes = mode_rows(root)
+    if not modes.empty:
+        text += "\n## one dsrl server on one GPU, each way of asking it (n=4, mean of the timed calls)\n\n"
+        text += modes.round(3).to_markdown(index=False) + "\n"
     print(text)
     with atomic_output(root / "tables.md") as tmp:
         Path(tmp).write_text(text)

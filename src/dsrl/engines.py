@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from dsrl import packed_attention
 from dsrl.batching import UpdatePlan
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,8 @@ def load_model(
 
     overrides = dict(override_config)
     attn = overrides.pop("attn_implementation", "sdpa")
+    if attn == packed_attention.NAME:
+        packed_attention.register()
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **overrides)
     keep_alive = HfDeepSpeedConfig(spec.ds_config) if spec.ds_config["zero_optimization"]["stage"] == 3 else None
     kwargs: dict[str, Any] = {

@@ -112,7 +112,10 @@ class Trainer:
         self.kl_ctrl = algos.make_kl_controller(
             kl.type, float(kl.kl_coef), target_kl=float(kl.target_kl), horizon=float(kl.horizon)
         )
-        self.remove_padding = check_remove_padding(self.cfg, self.actor, self.actor_spec, self.pad_id, self.device)
+        others = [m for m in (self.ref, self.critic) if m is not None]
+        self.remove_padding = check_remove_padding(
+            self.cfg, self.actor, self.actor_spec, self.pad_id, self.device, others
+        )
         precision = self.cfg.actor_rollout_ref.actor.deepspeed.mixed_precision
         self.peak_flops = (
             peak_flops(torch.cuda.get_device_name(self.device), precision) if self.device.type == "cuda" else None

@@ -17,8 +17,14 @@ from dsrl import algorithms as algos
 from dsrl import dist
 from dsrl import policy_losses as PL
 from dsrl.batching import UpdatePlan, fixed_micro_batches, min_token_bins, pack_by_tokens
+from dsrl.logprob import chunked_log_probs
+from dsrl.packed_attention import packed_kwargs
 
 Batch = dict[str, torch.Tensor]
+
+LOG_PROB_CHUNK_ROWS: int | None = None
+"""Rows per chunk of `logprob.chunked_log_probs` (no whole-micro-batch fp32 logits); None: fp32 `cross_entropy` over
+the whole micro batch. A process-wide switch so benchmarks/update_breakdown.py can time both on one engine."""
 
 
 def select(batch: Batch, idx: Sequence[int]) -> Batch:
@@ -63,7 +69,11 @@ def _response_rows(
         src = torch.minimum(want, last).flatten()
         dev = ids.device
         packed_ids = ids.flatten().index_select(0, gather.to(dev, non_blocking=True)).unsqueeze(0)
-        kwargs = {"position_ids": pos.to(dev, non_blocking=True).unsqueeze(0), "use_cache": False}
+        kwargs = {
+            "position_ids": pos.to(dev, non_blocking=True).unsqueeze(0),
+            "use_cache": False,
+            **packed_kwargs(lens, dev),  # sequence boundaries for dsrl_packed and flash_attention_2
+        }
         if lm:
             out = model(input_ids=packed_ids, logits_to_keep=src.to(dev, non_blocking=True), **kwargs).logits[0]
         else:
@@ -99,13 +109,19 @@ def log_probs_of(
     """Per-token log-probs of the sampled responses (and entropy), [b, R], zero past each response's end."""
     resp_len = mb["responses"].shape[1]
     logits, labels, _ = _response_rows(model, mb, resp_len, remove_padding, lm=True)
+    mask = mb["response_mask"]
+    if LOG_PROB_CHUNK_ROWS:
+        lp, ent = chunked_log_probs(
+            logits.flatten(0, 1), labels.flatten(), temperature, LOG_PROB_CHUNK_ROWS, with_entropy
+        )
+        lp = _pad_to(lp.view(labels.shape), resp_len) * mask
+        return lp, None if ent is None else _pad_to(ent.view(labels.shape), resp_len) * mask
     logits = logits.float()
     if temperature and temperature != 1.0:
         logits = logits / temperature
     # fused log-softmax + gather (and a single softmax-minus-onehot kernel in backward)
     flat = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
     lp = -flat.view(labels.shape)
-    mask = mb["response_mask"]
     lp = _pad_to(lp, resp_len) * mask
     ent = None
     if with_entropy:

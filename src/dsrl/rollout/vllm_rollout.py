@@ -2,8 +2,9 @@
 
 Layout (`server_layout`): on GPUs one server per group of `tensor_model_parallel_size` GPUs, colocated with the
 training ranks on those GPUs, so every GPU generates; on CPU one server per node. The group's first rank starts
-the server; every rank sends its own prompts' token ids to its group's `/v1/completions` (`return_token_ids`),
-one request per prompt with its own seed.
+the server; every rank sends its own prompts' token ids to its group's token-in/token-out route
+(`vllm_server.GENERATE`), one request per prompt with its own seed, and gets token ids back: the server has no
+tokenizer (`--tokens-only`) and never turns a token into text.
 
 Weights (`weight_push`): before the first rollout (the actor may come from a checkpoint) and after every actor
 update, the actor's parameters are gathered one layer group at a time (ZeRO-3: never the whole model) into a
@@ -30,7 +31,7 @@ from dsrl import dist
 from dsrl.metrics import Timer
 from dsrl.rollout import Sampling, new_token_cap, trim_response
 from dsrl.rollout.server_layout import group_of, server_groups
-from dsrl.rollout.vllm_server import SERVED_NAME, VLLMServer, check_cpu_head_dim, check_vllm_version, start_server
+from dsrl.rollout.vllm_server import GENERATE, VLLMServer, check_cpu_head_dim, check_vllm_version, start_server
 from dsrl.rollout.weight_push import BucketPacker, Slot, StagingBuffer
 
 log = logging.getLogger("dsrl")
@@ -120,25 +121,36 @@ class VLLMServerRollout:
                 self.sync_weights()
         with timer.phase("wake"):
             self._wake("weights", "kv_cache")
-        body: dict[str, Any] = {
-            "model": SERVED_NAME,
+        params: dict[str, Any] = {
             "n": n,
-            "return_token_ids": True,
             "ignore_eos": sampling.ignore_eos,
+            # A tokens-only server has no tokenizer, so no EOS of its own: it stops on the trainer's.
+            "stop_token_ids": [] if sampling.ignore_eos else sorted(self.eos_ids),
+            "detokenize": False,
             "skip_special_tokens": False,
+            # RequestOutputKind.FINAL_ONLY: one answer with all n samples. The route's default (cumulative) sends
+            # the newest samples only, so a request could come back with fewer than n (seen on vLLM 0.24).
+            "output_kind": 2,
         }
         if self.cfg.calculate_log_probs:
-            # the sampled token's log-prob only, its token as an id (no per-token detokenisation in the server)
-            body.update(logprobs=0, return_tokens_as_token_ids=True)
+            params["logprobs"] = 0  # the sampled token's log-prob only
         if sampling.do_sample and sampling.temperature > 0:
-            body.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
+            params.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
         else:
-            body.update(temperature=0.0)
-        requests = [{**body, "prompt": list(p), "max_tokens": new_token_cap(len(p), sampling)} for p in prompts]
+            params.update(temperature=0.0)
         # vLLM seeds the n samples of a request with seed, seed+1, ..., seed+n-1: give each prompt its own range, or
         # prompts would share random streams. Seeded sampling makes a resumed run sample what an uninterrupted one did.
-        for i, r in enumerate(requests):
-            r["seed"] = (seed + i * n) % 2**63
+        requests = [
+            {
+                "token_ids": list(p),
+                "sampling_params": {
+                    **params,
+                    "max_tokens": new_token_cap(len(p), sampling),
+                    "seed": (seed + i * n) % 2**63,
+                },
+            }
+            for i, p in enumerate(prompts)
+        ]
         out: list[list[int]] = []
         log_probs: list[list[float]] = []
         with (
@@ -150,7 +162,7 @@ class VLLMServerRollout:
                     tokens = trim_response(c["token_ids"], self.eos_ids, sampling.ignore_eos)
                     out.append(tokens)
                     if c.get("logprobs"):
-                        log_probs.append(c["logprobs"]["token_logprobs"][: len(tokens)])
+                        log_probs.append([t["logprob"] for t in c["logprobs"]["content"][: len(tokens)]])
         self.log_probs = log_probs if log_probs and len(log_probs) == len(out) else None
         if self.launch.is_main:
             log.info(
@@ -173,9 +185,9 @@ class VLLMServerRollout:
         return out
 
     def _complete(self, body: dict[str, Any]) -> list[dict[str, Any]]:
-        resp = self.http.post("/v1/completions", json=body)
+        resp = self.http.post(GENERATE, json=body)
         if resp.status_code != 200:
-            raise RuntimeError(f"vLLM server {self.url}/v1/completions answered {resp.status_code}: {resp.text[:500]}")
+            raise RuntimeError(f"vLLM server {self.url}{GENERATE} answered {resp.status_code}: {resp.text[:500]}")
         return sorted(resp.json()["choices"], key=lambda c: c["index"])
 
     def _post(self, path: str, **kwargs: Any) -> None:
@@ -236,7 +248,7 @@ class VLLMServerRollout:
         return out
 
     def timings(self) -> dict[str, float]:
-        """Sub-phases of the last `generate`: the completions themselves, and waking / sleeping the server."""
+        """Sub-phases of the last `generate`: the requests themselves, and waking / sleeping the server."""
         return dict(self._timings)
 
     def close(self) -> None:

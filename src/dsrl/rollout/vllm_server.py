@@ -27,6 +27,8 @@ from dsrl.config import ConfigError
 from dsrl.rollout.server_layout import ServerGroup
 
 SERVED_NAME = "dsrl-actor"
+# vLLM's token-in/token-out route (0.24 and 0.32 alike): prompt ids and SamplingParams in, token ids out.
+GENERATE = "/inference/v1/generate"
 EXTENSION = "dsrl.rollout.vllm_receiver.WorkerExtension"
 _PR_SET_PDEATHSIG = 1
 # What torchrun sets for its workers. A server that inherits them joins torchrun's rendezvous store in its own
@@ -97,6 +99,10 @@ def server_args(
         "--weight-transfer-config",
         json.dumps({"backend": "dsrl"}),
         "--disable-uvicorn-access-log",
+        # No tokenizer in the server: it neither detokenises outputs nor decodes the log-prob tokens (per-token
+        # Python work in the API process), and it serves GENERATE (which 0.32 otherwise hides behind
+        # --enable-scale-out, a flag 0.24 does not know).
+        "--tokens-only",
     ]
     if trust_remote_code:
         args.append("--trust-remote-code")
