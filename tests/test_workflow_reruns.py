@@ -30,11 +30,13 @@ def _gate_only(seeds: list[int]) -> dict:
 def test_killed_driver_recovers_with_rerun_incomplete(workdir):
     write_config(workdir, _gate_only([1]))
     (workdir / "slow_runs").write_text("zero2_no_offload 1\n")
-    cmd = [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "-c1", TARGET]
+    # The driver builds the slow run alone: which of two ready runs Snakemake starts first is not ours to fix.
+    run = "results/runs/zero12_gate/grpo/zero2_no_offload/seed1/metrics.jsonl"
+    cmd = [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "-c1", run]
     driver = subprocess.Popen(
         cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
-    partial = workdir / "results/runs/zero12_gate/grpo/zero2_no_offload/seed1/metrics.jsonl"
+    partial = workdir / run
     deadline = time.monotonic() + 180
     while not (partial.exists() and partial.read_text()):
         assert driver.poll() is None and time.monotonic() < deadline, "the slow run never started"
@@ -46,7 +48,7 @@ def test_killed_driver_recovers_with_rerun_incomplete(workdir):
     snakemake(workdir, "--unlock", TARGET)  # a killed driver may leave its directory lock behind
     refused = snakemake(workdir, "-n", TARGET, check=False)
     assert refused.returncode != 0 and "incomplete" in (refused.stdout + refused.stderr).lower()
-    assert job_counts(workdir, TARGET, options=["--rerun-incomplete"])["train"] == 1
+    assert job_counts(workdir, run, options=["--rerun-incomplete"])["train"] == 1
     snakemake(workdir, "-c1", "--rerun-incomplete", TARGET)
     metrics = pd.read_json(partial, lines=True)
     assert metrics["step"].tolist() == [1, 2]
