@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from dsrl.config import load_config
 from dsrl.data import encode_prompts, read_prompts
 from dsrl.models import resolve_model_path
 from dsrl.rollout.server_layout import server_groups
-from dsrl.rollout.vllm_server import SERVED_NAME, VLLMServer, free_port, server_args, server_env
+from dsrl.rollout.vllm_server import GENERATE, SERVED_NAME, VLLMServer, free_port, server_args, server_env
 
 
 def overrides_from(config: Path | None, extra: list[str]) -> list[str]:
@@ -46,55 +47,11 @@ def overrides_from(config: Path | None, extra: list[str]) -> list[str]:
     return pairs + extra
 
 
-def completions(http: httpx.Client, prompts: list[list[int]], n: int, tokens: int, logprobs: bool, seed: int) -> int:
-    def one(i: int) -> list[dict[str, Any]]:
-        body: dict[str, Any] = {
-            "model": SERVED_NAME,
-            "prompt": prompts[i],
-            "n": n,
-            "max_tokens": tokens,
-            "temperature": 1.0,
-            "seed": seed + i * n,
-            "return_token_ids": True,
-            "skip_special_tokens": False,
-        }
-        if logprobs:
-            body.update(logprobs=0, return_tokens_as_token_ids=True)
-        resp = http.post("/v1/completions", json=body)
-        resp.raise_for_status()
-        return resp.json()["choices"]
-
-    with ThreadPoolExecutor(len(prompts)) as pool:
-        return sum(len(c["token_ids"]) for choices in pool.map(one, range(len(prompts))) for c in choices)
-
-
-def generate(http: httpx.Client, prompts: list[list[int]], n: int, tokens: int, logprobs: bool, seed: int) -> int:
-    def one(i: int) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {
-            "n": n,
-            "max_tokens": tokens,
-            "temperature": 1.0,
-            "seed": seed + i * n,
-            "detokenize": False,
-            "skip_special_tokens": False,
-            "output_kind": 2,  # FINAL_ONLY, as dsrl asks: all n samples in one answer
-        }
-        if logprobs:
-            params["logprobs"] = 0
-        resp = http.post("/inference/v1/generate", json={"token_ids": prompts[i], "sampling_params": params})
-        resp.raise_for_status()
-        return resp.json()["choices"]
-
-    with ThreadPoolExecutor(len(prompts)) as pool:
-        return sum(len(c["token_ids"]) for choices in pool.map(one, range(len(prompts))) for c in choices)
-
-
-def completions_batch(
-    http: httpx.Client, prompts: list[list[int]], n: int, tokens: int, logprobs: bool, seed: int
-) -> int:
+def completion_body(prompt: list[int] | list[list[int]], n: int, tokens: int, logprobs: bool, seed: int) -> dict:
+    """A `/v1/completions` request as dsrl sent it before the token-in/token-out route."""
     body: dict[str, Any] = {
         "model": SERVED_NAME,
-        "prompt": prompts,
+        "prompt": prompt,
         "n": n,
         "max_tokens": tokens,
         "temperature": 1.0,
@@ -104,12 +61,53 @@ def completions_batch(
     }
     if logprobs:
         body.update(logprobs=0, return_tokens_as_token_ids=True)
-    resp = http.post("/v1/completions", json=body)
+    return body
+
+
+def generate_body(prompt: list[int], n: int, tokens: int, logprobs: bool, seed: int) -> dict:
+    """An `/inference/v1/generate` request as dsrl sends it (`vllm_rollout`)."""
+    params: dict[str, Any] = {
+        "n": n,
+        "max_tokens": tokens,
+        "temperature": 1.0,
+        "seed": seed,
+        "detokenize": False,
+        "skip_special_tokens": False,
+        "output_kind": 2,  # FINAL_ONLY: all n samples in one answer
+    }
+    if logprobs:
+        params["logprobs"] = 0
+    return {"token_ids": prompt, "sampling_params": params}
+
+
+def per_prompt(route: str, make_body: Callable[..., dict]) -> Callable[..., int]:
+    """One request per prompt, all in flight at once, each with its own seed range (as the trainer sends them)."""
+
+    def run(http: httpx.Client, prompts: list[list[int]], n: int, tokens: int, logprobs: bool, seed: int) -> int:
+        def one(i: int) -> list[dict[str, Any]]:
+            resp = http.post(route, json=make_body(prompts[i], n, tokens, logprobs, seed + i * n))
+            resp.raise_for_status()
+            return resp.json()["choices"]
+
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            return sum(len(c["token_ids"]) for choices in pool.map(one, range(len(prompts))) for c in choices)
+
+    return run
+
+
+def completions_batch(
+    http: httpx.Client, prompts: list[list[int]], n: int, tokens: int, logprobs: bool, seed: int
+) -> int:
+    resp = http.post("/v1/completions", json=completion_body(prompts, n, tokens, logprobs, seed))
     resp.raise_for_status()
     return sum(len(c["token_ids"]) for c in resp.json()["choices"])
 
 
-MODES = {"completions": completions, "generate": generate, "completions_batch": completions_batch}
+MODES = {
+    "completions": per_prompt("/v1/completions", completion_body),
+    "generate": per_prompt(GENERATE, generate_body),
+    "completions_batch": completions_batch,
+}
 
 
 def main() -> None:

@@ -10,8 +10,9 @@ torch = pytest.importorskip("torch")
 
 from dsrl.config import ConfigError, load_config  # noqa: E402
 from dsrl.rollout.server_layout import group_of, server_groups  # noqa: E402
+from dsrl.rollout.staging import ShmBuffer  # noqa: E402
 from dsrl.rollout.vllm_server import check_vllm_version, server_env  # noqa: E402
-from dsrl.rollout.weight_push import ALIGN, BucketPacker, StagingBuffer, buffer_bytes, layer_groups  # noqa: E402
+from dsrl.rollout.weight_push import ALIGN, BucketPacker, buffer_bytes, layer_groups  # noqa: E402
 
 pytestmark = pytest.mark.train
 
@@ -136,13 +137,13 @@ def test_push_delivers_every_parameter_once_in_buckets(bucket_bytes):
     torch.manual_seed(0)
     model = Tiny()
     packer = BucketPacker(model, zero3=False, bucket_bytes=bucket_bytes)
-    buffer = StagingBuffer(packer.capacity, torch.device("cpu"))
+    buffer = ShmBuffer(packer.capacity)
     received: dict[str, torch.Tensor] = {}
     sizes = []
 
     def flush(slots):
         sizes.append(len(slots))
-        got = read_back(buffer.path, buffer.nbytes, slots)
+        got = read_back(buffer.path, buffer.handle["nbytes"], slots)
         assert not set(got) & set(received), "a tensor was sent twice"
         received.update(got)
 
@@ -162,7 +163,7 @@ def test_ranks_without_a_buffer_cut_the_same_buckets():
     """Non-sending ranks iterate in lockstep (ZeRO-3 gathers) and must flush at the same tensors."""
     model = Tiny()
     packer = BucketPacker(model, zero3=False, bucket_bytes=1)
-    buffer = StagingBuffer(packer.capacity, torch.device("cpu"))
+    buffer = ShmBuffer(packer.capacity)
     with_buffer, without = [], []
     try:
         packer.push(lambda slots: with_buffer.append([s.name for s in slots]), buffer)

@@ -24,7 +24,7 @@ import torch
 from vllm.distributed.weight_transfer.base import WeightTransferEngine
 from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
 
-from dsrl.rollout.weight_push import open_cuda_ipc
+from dsrl.rollout.staging import open_cuda_ipc
 
 BACKEND = "dsrl"
 

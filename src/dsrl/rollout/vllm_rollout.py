@@ -31,8 +31,9 @@ from dsrl import dist
 from dsrl.metrics import Timer
 from dsrl.rollout import Sampling, new_token_cap, trim_response
 from dsrl.rollout.server_layout import group_of, server_groups
+from dsrl.rollout.staging import staging_buffer
 from dsrl.rollout.vllm_server import GENERATE, VLLMServer, check_cpu_head_dim, check_vllm_version, start_server
-from dsrl.rollout.weight_push import BucketPacker, Slot, StagingBuffer
+from dsrl.rollout.weight_push import BucketPacker, Slot
 
 log = logging.getLogger("dsrl")
 # httpx logs every request at INFO: one line per completion would drown the trainer's log.
@@ -102,7 +103,7 @@ class VLLMServerRollout:
         self.packer = BucketPacker(
             engine.module, engine.zero_optimization_stage() == 3, int(cfg.update_weights_bucket_megabytes) << 20
         )
-        self.buffer = StagingBuffer(self.packer.capacity, launch.device) if self.sends else None
+        self.buffer = staging_buffer(self.packer.capacity, launch.device) if self.sends else None
         # The server maps each sender's buffer; the leader posts all of them with every bucket.
         handles = self._group_gather(self.buffer.handle if self.buffer else None)
         self.handles = [h for h in handles if h is not None][: self.group.tp]

@@ -1,24 +1,21 @@
 """Trainer side of the weight push to vLLM: the actor's HF-named parameters, gathered one transformer layer at a
 time (a ZeRO-3 gather is a collective), packed into one staging buffer per rank that the server maps once.
 
-The buffer is a CUDA tensor shared through a CUDA IPC handle on GPUs and a file in /dev/shm on CPU; either way the
-server copies each bucket straight into its model (`dsrl.rollout.vllm_receiver`), and only a small JSON
-description of the bucket travels over HTTP. Nothing here depends on a vLLM version.
+The buffer (`dsrl.rollout.staging`: CUDA IPC on GPUs, /dev/shm on CPU) is mapped by the server, which copies each
+bucket straight into its model (`dsrl.rollout.vllm_receiver`); only a small JSON description of the bucket travels
+over HTTP. Nothing here depends on a vLLM version.
 """
 
 from __future__ import annotations
 
-import base64
-import inspect
-import os
-import pickle
 import re
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
+
+from dsrl.rollout.staging import StagingBuffer
 
 ALIGN = 256  # bytes; keeps every slot's offset valid for a dtype view
 _LAYER = re.compile(r"^(.*?\.layers\.\d+)\.")
@@ -58,49 +55,6 @@ class Slot:
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-class StagingBuffer:
-    """A byte buffer this rank fills and its vLLM server reads, described by `handle` (JSON-safe)."""
-
-    def __init__(self, nbytes: int, device: torch.device):
-        self.nbytes = nbytes
-        self.path: str | None = None
-        if device.type == "cuda":
-            self.tensor = torch.empty(nbytes, dtype=torch.uint8, device=device)
-            self.handle = cuda_ipc_handle(self.tensor)
-        else:
-            fd, self.path = tempfile.mkstemp(prefix="dsrl-weights-", dir=_shm_dir())
-            os.ftruncate(fd, nbytes)
-            os.close(fd)
-            self.tensor = torch.from_file(self.path, shared=True, size=nbytes, dtype=torch.uint8)
-            self.handle = {"kind": "shm", "path": self.path, "nbytes": nbytes}
-
-    def unlink(self) -> None:
-        """Drop the /dev/shm name once the server has mapped it; both mappings stay valid."""
-        if self.path is not None:
-            os.unlink(self.path)
-            self.path = None
-
-
-def cuda_ipc_handle(tensor: torch.Tensor) -> dict:
-    """torch's own IPC reduction of the tensor, pickled; `open_cuda_ipc` in the server undoes it."""
-    from torch.multiprocessing.reductions import reduce_tensor
-
-    rebuild, args = reduce_tensor(tensor)
-    return {"kind": "cuda_ipc", "payload": base64.b64encode(pickle.dumps((rebuild, args))).decode()}
-
-
-def open_cuda_ipc(handle: dict, device_index: int) -> torch.Tensor:
-    """Map the trainer's buffer; the device index is the server's own (its CUDA_VISIBLE_DEVICES differ)."""
-    rebuild, args = pickle.loads(base64.b64decode(handle["payload"]))
-    args = list(args)
-    args[list(inspect.signature(rebuild).parameters).index("storage_device")] = device_index
-    return rebuild(*args)
-
-
-def _shm_dir() -> str | None:
-    return "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 
 class BucketPacker:
