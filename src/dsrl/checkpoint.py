@@ -6,6 +6,7 @@ a `COMPLETE` marker exists, so a run killed mid-save never resumes from a half-w
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import re
@@ -101,6 +102,18 @@ def keep_count(trainer: DictConfig) -> int | None:
         v for v in (trainer.max_ckpt_to_keep, trainer.max_actor_ckpt_to_keep, trainer.max_critic_ckpt_to_keep) if v
     ]
     return min(values) if values else None
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def derived_seed(*parts: int) -> int:
+    """A stable per-(seed, step, rank) seed, so a resumed run samples exactly what an uninterrupted one did."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") % 2**63
 
 
 def rng_state() -> dict[str, Any]:

@@ -17,6 +17,13 @@ import pyarrow.parquet as pq
 REQUIRED_COLUMNS = ("data_source", "prompt", "ability", "reward_model", "extra_info")
 
 
+def as_list(files: str | list[str] | None) -> list[str]:
+    """`data.train_files` / `val_files`: one path or a list of them, as verl accepts."""
+    if files is None:
+        return []
+    return [str(files)] if isinstance(files, str) else [str(f) for f in files]
+
+
 def prompt_file_rows(path: str | os.PathLike) -> int:
     """Rows of a verl-schema parquet, from its footer alone; fails on a missing file, columns or rows."""
     path = Path(path)

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+import numpy as np
+
 from dsrl.atomic import write_text
 from dsrl.flops import mfu, train_flops
 
@@ -266,3 +268,12 @@ def progress_bar(mode: str, is_main: bool, total: int, start: int):
     from tqdm import tqdm
 
     return tqdm(total=total, initial=start, desc="dsrl", unit="step", file=sys.stderr)
+
+
+def val_reward_means(parts: list[list[tuple[str, float]]]) -> dict[str, float]:
+    """verl's `val-core/<data_source>/reward/mean@1` over every rank's (data_source, score) pairs."""
+    by_source: dict[str, list[float]] = {}
+    for part in parts:
+        for source, score in part:
+            by_source.setdefault(source, []).append(score)
+    return {f"val-core/{k}/reward/mean@1": float(np.mean(v)) for k, v in sorted(by_source.items())}

@@ -9,20 +9,17 @@ generate -> reward -> old log-probs -> ref log-probs -> values -> advantages -> 
 Every rank rolls out its own share of prompts; advantages and batch metrics are computed on the whole batch (gathered
 on every rank, as verl's driver does) so GAE whitening and the logged statistics match verl's exactly.
 
-The file is the loop and its setup, nothing else (~440 lines): what is not read top to bottom lives in the modules
+The file is the loop and its setup, nothing else (~400 lines): what is not read top to bottom lives in the modules
 it imports (roles, checkpoint, metrics, batch_advantages, remove_padding, loggers, failures).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import random
 import signal
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -32,7 +29,7 @@ from dsrl import workers as W
 from dsrl.batch_advantages import whole_batch_advantages
 from dsrl.batching import BatchPlan, plan_batches
 from dsrl.config import ConfigError, save_hf_model, use_critic
-from dsrl.data import PromptBatcher, load_prompts
+from dsrl.data import PromptBatcher, as_list, load_prompts
 from dsrl.data_prep import prepare_gsm8k
 from dsrl.flops import peak_flops
 from dsrl.loggers import Tracking, start_tracking
@@ -45,12 +42,13 @@ from dsrl.metrics import (
     perf_metrics,
     progress_bar,
     run_record,
+    val_reward_means,
 )
 from dsrl.models import load_tokenizer, resolve_model_path
 from dsrl.remove_padding import check_remove_padding
 from dsrl.reward import RewardScorer, default_compute_score, load_custom_reward_fn
 from dsrl.roles import build_role, memory_total
-from dsrl.rollout import Sampling
+from dsrl.rollout import sampling_from
 from dsrl.rollout.batch import assemble_batch, rollout_probs_diff
 from dsrl.rollout.hf import HFRollout
 
@@ -59,24 +57,6 @@ log = logging.getLogger("dsrl")
 
 class Preempted(Exception):
     """SIGTERM arrived (SLURM preemption or time limit); the run stops after the current step."""
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def derived_seed(*parts: int) -> int:
-    """A stable per-(seed, step, rank) seed, so a resumed run samples exactly what an uninterrupted one did."""
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") % 2**63
-
-
-def _as_list(files: str | list[str] | None) -> list[str]:
-    if files is None:
-        return []
-    return [str(files)] if isinstance(files, str) else [str(f) for f in files]
 
 
 class Trainer:
@@ -103,7 +83,7 @@ class Trainer:
     def setup(self) -> None:
         if self.launch.is_main:
             failures.clear(self.run_dir)  # before the ranks first synchronise (in _setup_data)
-        _seed_all(self.seed)
+        checkpoint.seed_all(self.seed)
         self._setup_data()
         self._setup_engines()
         self._setup_rollout()
@@ -125,7 +105,7 @@ class Trainer:
     def _setup_data(self) -> None:
         """Prompts (synthetic GSM8K when no files are given), the models' local paths, the tokenizer, the batcher."""
         cfg = self.cfg
-        train_files, val_files = _as_list(cfg.data.train_files), _as_list(cfg.data.val_files)
+        train_files, val_files = as_list(cfg.data.train_files), as_list(cfg.data.val_files)
         if not train_files:
             data_dir = self.run_dir / "data"
             if self.launch.is_main:
@@ -312,14 +292,14 @@ class Trainer:
             rows = [self.train_rows[i] for i in mine]
             with timer.phase("gen"):
                 responses = self.rollout.generate(
-                    prompts, n, self._sampling(), derived_seed(self.seed, step, self.launch.rank)
+                    prompts, n, sampling_from(self.cfg), checkpoint.derived_seed(self.seed, step, self.launch.rank)
                 )
             for name, seconds in self.rollout.timings().items():
                 timer.record(f"gen/{name}", seconds)
             batch = assemble_batch(prompts, responses, n, self.pad_id, cfg.data.max_response_length, self.device)
             if cfg.algorithm.adv_estimator == "remax":
                 with timer.phase("gen_max"):
-                    greedy = self.rollout.generate(prompts, 1, replace(self._sampling(), do_sample=False), 0)
+                    greedy = self.rollout.generate(prompts, 1, replace(sampling_from(self.cfg), do_sample=False), 0)
                     greedy_scores = self.reward.score(rows, greedy, 1)
                 baselines = [b for b in greedy_scores for _ in range(n)]
                 batch["reward_baselines"] = torch.tensor(baselines, dtype=torch.float32, device=self.device)
@@ -391,33 +371,13 @@ class Trainer:
         responses = self.rollout.generate(
             [self.val_ids[i] for i in idx],
             vk.n,
-            self._sampling(val=True),
-            derived_seed(self.seed, -1, rank),
+            sampling_from(self.cfg, val=True),
+            checkpoint.derived_seed(self.seed, -1, rank),
         )
         rows = [self.val_rows[i] for i in idx]
         scores = self.reward.score(rows, responses, vk.n)
-        by_source: dict[str, list[float]] = {}
-        for row, s in zip([r for r in rows for _ in range(vk.n)], scores, strict=True):
-            by_source.setdefault(row["data_source"], []).append(s)
-        gathered = dist.all_gather_objects(by_source)
-        merged: dict[str, list[float]] = {}
-        for part in gathered:
-            for k, v in part.items():
-                merged.setdefault(k, []).extend(v)
-        return {f"val-core/{k}/reward/mean@1": float(np.mean(v)) for k, v in sorted(merged.items())}
-
-    def _sampling(self, val: bool = False) -> Sampling:
-        r = self.cfg.actor_rollout_ref.rollout
-        src = r.val_kwargs if val else r
-        return Sampling(
-            max_new_tokens=self.cfg.data.max_response_length,
-            temperature=float(src.temperature),
-            top_p=float(src.top_p),
-            top_k=src.top_k,
-            do_sample=src.do_sample,
-            ignore_eos=r.ignore_eos,
-            max_model_len=r.max_model_len,
-        )
+        sources = [r["data_source"] for r in rows for _ in range(vk.n)]
+        return val_reward_means(dist.all_gather_objects(list(zip(sources, scores, strict=True))))
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,21 @@ class Sampling:
     do_sample: bool = True
     ignore_eos: bool = False
     max_model_len: int | None = None
+
+
+def sampling_from(cfg: Any, val: bool = False) -> Sampling:
+    """The rollout's sampling knobs (`rollout.*`, or `rollout.val_kwargs.*` for validation) from a dsrl config."""
+    r = cfg.actor_rollout_ref.rollout
+    src = r.val_kwargs if val else r
+    return Sampling(
+        max_new_tokens=cfg.data.max_response_length,
+        temperature=float(src.temperature),
+        top_p=float(src.top_p),
+        top_k=src.top_k,
+        do_sample=src.do_sample,
+        ignore_eos=r.ignore_eos,
+        max_model_len=r.max_model_len,
+    )
 
 
 def new_token_cap(prompt_len: int, sampling: Sampling) -> int:
