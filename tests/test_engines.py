@@ -152,18 +152,9 @@ def test_model_state_estimates_follow_the_case():
 def test_zero3_rotary_frequencies_are_rebuilt_in_fp32():
     """zero.Init leaves the rotary inverse frequencies in bf16: ZeRO-3 then sampled other responses than ZeRO-1/2."""
     import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from tiny_models import tiny_causal_lm
 
-    config = Qwen3Config(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-    )
-    model = Qwen3ForCausalLM(config)
+    model = tiny_causal_lm()
     rotary = model.model.rotary_emb
     exact = rotary.inv_freq.clone()
     rotary.inv_freq, rotary.original_inv_freq = exact.bfloat16(), exact.bfloat16()  # as zero.Init builds them

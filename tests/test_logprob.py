@@ -54,23 +54,13 @@ def test_bf16_logits_get_bf16_gradients_of_the_fp32_math():
 
 @pytest.mark.parametrize("remove_padding", [False, True])
 def test_log_probs_of_is_unchanged_by_chunking(monkeypatch, remove_padding):
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
+    from tiny_models import tiny_causal_lm
+
     from dsrl import workers as W
     from dsrl.rollout.batch import assemble_batch
 
-    torch.manual_seed(0)
-    cfg = transformers.Qwen3Config(
-        vocab_size=96,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        tie_word_embeddings=False,
-    )
-    cfg._attn_implementation = "sdpa"
-    model = transformers.Qwen3ForCausalLM(cfg).float()
+    model = tiny_causal_lm()
     b = assemble_batch([[11, 12, 13], [21]], [[41, 42], [51, 52, 53]], 1, 0, 4, torch.device("cpu"))
     outs = []
     for chunk in (None, 3):

@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from omegaconf import OmegaConf  # noqa: E402
+from tiny_models import tiny_causal_lm  # noqa: E402
 
 from dsrl import packed_attention as PA  # noqa: E402
 from dsrl import workers as W  # noqa: E402
@@ -23,25 +24,7 @@ pytestmark = pytest.mark.train
 
 
 def _model(kv_heads: int, arch: str = "qwen3") -> torch.nn.Module:
-    """A two-layer Qwen3 (or Llama) in fp32 with random weights; kv_heads < 4 is grouped-query attention."""
-    torch.manual_seed(0)
-    config_cls, model_cls = {
-        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
-        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
-    }[arch]
-    cfg = config_cls(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=kv_heads,
-        head_dim=16,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-    )
-    cfg._attn_implementation = "sdpa"
-    return model_cls(cfg).float().eval()
+    return tiny_causal_lm(arch, kv_heads).eval()
 
 
 def _batch() -> dict[str, torch.Tensor]:
