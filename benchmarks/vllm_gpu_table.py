@@ -78,7 +78,10 @@ def mode_rows(root: Path) -> pd.DataFrame:
     timed = pd.DataFrame([r for r in rows if r["what"] == "rollout"])
     if timed.empty:
         return timed
-    out = timed.groupby(["max_tokens", "server", "mode", "logprobs"], as_index=False).agg(
+    for column, default in (("fresh_prompts", False), ("omp_num_threads", "not recorded")):  # newer fields
+        timed[column] = timed.get(column, pd.Series(default, index=timed.index)).fillna(default)
+    keys = ["max_tokens", "server", "mode", "logprobs", "fresh_prompts", "omp_num_threads"]
+    out = timed.groupby(keys, as_index=False).agg(
         prompts=("prompts", "first"), seconds=("seconds", "mean"), tok_s=("tokens_per_s", "mean")
     )
     plain = plain_rows(root / "plain_vllm.jsonl")

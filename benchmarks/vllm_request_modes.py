@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -115,6 +116,11 @@ def main() -> None:
     ap.add_argument("--train", required=True, help="the run's train parquet (dsrl prepare-data)")
     ap.add_argument("--config", type=Path, help="a workflow config whose trainer_overrides set the rollout knobs")
     ap.add_argument("--prompts", type=int, default=32, help="prompts per rollout (one rank's share)")
+    ap.add_argument(
+        "--fresh-prompts",
+        action="store_true",
+        help="other prompts for every rollout, as in training (else the same ones: the prefix cache holds them)",
+    )
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--tokens", type=int, nargs="+", default=[128, 512])
     ap.add_argument("--repeats", type=int, default=3)
@@ -134,7 +140,13 @@ def main() -> None:
     rollout = cfg.actor_rollout_ref.rollout
     model = str(resolve_model_path(str(cfg.actor_rollout_ref.model.path), corpus_files=[args.train]))
     tokenizer = AutoTokenizer.from_pretrained(model)
-    prompts, _ = encode_prompts(read_prompts(args.train)[: args.prompts], tokenizer, int(rollout.prompt_length), True)
+    rollouts = len(args.tokens) * len(args.modes) * 2 * (args.repeats + 1) if args.fresh_prompts else 1
+    rows_needed = args.prompts * rollouts
+    pool, _ = encode_prompts(read_prompts(args.train)[:rows_needed], tokenizer, int(rollout.prompt_length), True)
+    if len(pool) < rows_needed:
+        raise SystemExit(f"--fresh-prompts needs {rows_needed} prompts; {args.train} has {len(pool)} that fit")
+    batches = [pool[i : i + args.prompts] for i in range(0, rows_needed, args.prompts)]
+    done = 0  # rollouts sent so far
 
     group = server_groups(1, 1, int(rollout.tensor_model_parallel_size), device)[0]
     cmd = server_args(rollout, model, free_port(), device)
@@ -152,6 +164,8 @@ def main() -> None:
                 for mode in args.modes:
                     for logprobs in (True, False):
                         for repeat in range(-1, args.repeats):  # -1: warm-up
+                            prompts = batches[done % len(batches)]
+                            done += 1
                             start = time.perf_counter()
                             try:
                                 generated = MODES[mode](http, prompts, args.n, tokens, logprobs, seed=1000 * repeat)
@@ -169,6 +183,8 @@ def main() -> None:
                                     "server": "tokenizer" if args.with_tokenizer else "tokens-only",
                                     "logprobs": logprobs,
                                     "prompts": len(prompts),
+                                    "fresh_prompts": args.fresh_prompts,
+                                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
                                     "n": args.n,
                                     "max_tokens": tokens,
                                     "repeat": repeat,
