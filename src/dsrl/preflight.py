@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -63,12 +62,6 @@ def _count_nvidia_smi() -> int:
     except (OSError, subprocess.TimeoutExpired):
         return 0
     return len([line for line in out.stdout.splitlines() if line.startswith("GPU ")])
-
-
-def _files(value: Any) -> list[str]:
-    if value is None:
-        return []
-    return [str(value)] if isinstance(value, str) else [str(v) for v in value]
 
 
 # ---------------------------------------------------------------- config checks
@@ -178,14 +171,14 @@ def check_device(cfg: DictConfig, launch: Launch) -> None:
 
 def check_data_files(cfg: DictConfig, launch: Launch) -> None:
     """Train (and, when validation runs, val) parquet files exist, carry verl's columns and enough rows."""
-    from dsrl.data import prompt_file_rows
+    from dsrl.data import as_list, prompt_file_rows
 
     keys = ["data.train_files"]
     if cfg.trainer.test_freq > 0 or cfg.trainer.val_before_train:
         keys.append("data.val_files")
     for key in keys:
         rows = 0
-        for file in _files(OmegaConf.select(cfg, key)):
+        for file in as_list(OmegaConf.select(cfg, key)):
             try:
                 rows += prompt_file_rows(file)
             except (FileNotFoundError, ValueError) as exc:
