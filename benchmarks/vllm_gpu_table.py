@@ -72,7 +72,7 @@ def plain_rows(path: Path) -> pd.DataFrame:
     return out.rename(columns={"max_tokens": "response tokens", "tok_s": "generated tok/s"})
 
 
-def mode_rows(root: Path) -> pd.DataFrame:
+def mode_rows(root: Path, plain: pd.DataFrame) -> pd.DataFrame:
     """One server on one GPU asked each way, beside plain vLLM on the same prompt count (one rank's share)."""
     rows = [json.loads(line) for f in sorted(root.glob("request_modes*.jsonl")) for line in f.read_text().splitlines()]
     timed = pd.DataFrame([r for r in rows if r["what"] == "rollout"])
@@ -84,9 +84,8 @@ def mode_rows(root: Path) -> pd.DataFrame:
     out = timed.groupby(keys, as_index=False).agg(
         prompts=("prompts", "first"), seconds=("seconds", "mean"), tok_s=("tokens_per_s", "mean")
     )
-    plain = plain_rows(root / "plain_vllm.jsonl")
-    plain = plain[plain["seeded"]].set_index(["response tokens", "prompts"])["seconds"]
-    out["plain vLLM s"] = [plain.get((t, p)) for t, p in zip(out["max_tokens"], out["prompts"], strict=True)]
+    seconds = plain[plain["seeded"]].set_index(["response tokens", "prompts"])["seconds"]
+    out["plain vLLM s"] = [seconds.get((t, p)) for t, p in zip(out["max_tokens"], out["prompts"], strict=True)]
     out["plain / this"] = out["plain vLLM s"] / out["seconds"]
     return out.rename(columns={"max_tokens": "response tokens", "tok_s": "generated tok/s"})
 
@@ -101,7 +100,7 @@ def main() -> None:
     text = "## dsrl runs (medians over steps 2..N)\n\n" + runs.round(3).to_markdown(index=False)
     text += "\n\n## plain vLLM LLM.generate on one GPU (n=4, mean of 2 timed calls)\n\n"
     text += plain.round(3).to_markdown(index=False) + "\n"
-    modes = mode_rows(root)
+    modes = mode_rows(root, plain)
     if not modes.empty:
         text += "\n## one dsrl server on one GPU, each way of asking it (n=4, mean of the timed calls)\n\n"
         text += modes.round(3).to_markdown(index=False) + "\n"
