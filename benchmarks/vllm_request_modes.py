@@ -37,6 +37,7 @@ from dsrl.data import encode_prompts, read_prompts
 from dsrl.models import resolve_model_path
 from dsrl.rollout.server_layout import server_groups
 from dsrl.rollout.vllm_server import GENERATE, SERVED_NAME, VLLMServer, free_port, server_args, server_env
+from dsrl.workflow.commands import format_value
 
 
 def overrides_from(config: Path | None, extra: list[str]) -> list[str]:
@@ -44,7 +45,7 @@ def overrides_from(config: Path | None, extra: list[str]) -> list[str]:
     pairs: list[str] = []
     if config is not None:
         for key, value in (yaml.safe_load(config.read_text()).get("trainer_overrides") or {}).items():
-            pairs.append(f"{key}={json.dumps(value) if isinstance(value, list | bool) else value}")
+            pairs.append(f"{key}={format_value(value)}")
     return pairs + extra
 
 
