@@ -7,9 +7,9 @@
 #   carry [".vllm-bundle/p2", ".device"]: bash benchmarks/vllm_gpu_session.sh 590 [snakemake targets...]
 # This last call unpacks vLLM into /tmp/site, then measures, at once on the two GPUs:
 #   GPU 1: plain vLLM `LLM.generate` on the prompts a run samples (benchmarks/vllm_plain.py -> plain_vllm.jsonl);
-#   GPU 0: a dsrl server as the trainer starts it (benchmarks/vllm_request_modes.py), asked as the trainer asks
-#          (/inference/v1/generate, other prompts every rollout), with and without sampler log-probs; then the same
-#          with OMP_NUM_THREADS=1 (what torchrun gives the trainer and so its servers);
+#   GPU 0: a dsrl server as the trainer starts it (benchmarks/vllm_request_modes.py), asked with the trainer's own
+#          requests (other prompts every rollout, no sampler log-probs), back to back and after the trainer's
+#          sleep/wake cycle: does the cycle explain why the trainer's requests ran slower than a lone server's?
 # and spends what is left of the budget on the workflow's suites (benchmarks/gpu_suites.sh, the given targets).
 # Later calls of the same lease continue the suites:
 #   carry [".device"]:                    bash benchmarks/gpu_suites.sh 590 [targets]
@@ -24,17 +24,13 @@ mkdir -p $diag
     source .device/setup.sh >/dev/null || exit 1
     export HF_HUB_OFFLINE=1 DSRL_CACHE_DIR=/tmp/dsrl-cache VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
     data=/tmp/request-modes/data
-    python3 -m dsrl.cli prepare-data --source .device/gsm8k --out-dir $data --train-size 1024 --test-size 8 || exit 1
+    python3 -m dsrl.cli prepare-data --source .device/gsm8k --out-dir $data --train-size 2048 --test-size 64 || exit 1  # as the suites: the same model folder
     python3 -c "from dsrl.models import resolve_model_path as r; r('random:qwen3-0.6b', corpus_files=['$data/train.parquet'])"
-    CUDA_VISIBLE_DEVICES=1 timeout -k 5 300 python3 benchmarks/vllm_plain.py --train $data/train.parquet \
-        --prompts 32 64 --n 4 --tokens 128 512 --repeats 2 --out "$diag/plain_vllm.jsonl" >"$diag/plain_vllm.log" 2>&1 &
-    modes="python3 benchmarks/vllm_request_modes.py --train $data/train.parquet --config config/gpu.yaml --repeats 2"
-    # The trainer's requests ran slower than this lone server's (docs/benchmarks.md): fresh prompts every rollout
-    # (no prefix-cache hits, as in training), then also with torchrun's OMP_NUM_THREADS=1, which the servers inherit.
-    CUDA_VISIBLE_DEVICES=0 timeout -k 5 150 $modes --modes generate --fresh-prompts \
+    CUDA_VISIBLE_DEVICES=1 timeout -k 5 240 python3 benchmarks/vllm_plain.py --train $data/train.parquet \
+        --prompts 32 64 --n 4 --tokens 128 512 --repeats 3 --out "$diag/plain_vllm.jsonl" >"$diag/plain_vllm.log" 2>&1 &
+    CUDA_VISIBLE_DEVICES=0 timeout -k 5 240 python3 benchmarks/vllm_request_modes.py --train $data/train.parquet \
+        --config config/gpu.yaml --fresh-prompts --logprobs off --sleep-levels 0 1 --repeats 3 \
         --log "$diag/server-tokens-only.log" --out "$diag/request_modes_tokens_only.jsonl" trainer.device=cuda
-    CUDA_VISIBLE_DEVICES=0 OMP_NUM_THREADS=1 timeout -k 5 150 $modes --modes generate --fresh-prompts \
-        --log "$diag/server-omp1.log" --out "$diag/request_modes_omp1.jsonl" trainer.device=cuda
     wait
 ) >"$diag/request_modes.log" 2>&1
 tar czf "$OUT/request_modes.tar.gz" -C $diag .

@@ -38,12 +38,16 @@ def run_rows(root: Path) -> pd.DataFrame:
         suite, algo, case, seed = metrics.parent.relative_to(root / "runs").parts
         table = load_metrics(metrics.parent).table
         later = table[table.index > 1]
-        cfg = json.loads((metrics.parent / "run.json").read_text())["config"]
+        record = json.loads((metrics.parent / "run.json").read_text())
+        cfg = record["config"]
         row = {
             "suite": suite,
             "case": case,
             "seed": seed.removeprefix("seed"),
             "rollout": cfg["actor_rollout_ref"]["rollout"]["name"],
+            "TP": cfg["actor_rollout_ref"]["rollout"]["tensor_model_parallel_size"],
+            "sampler log-probs": cfg["actor_rollout_ref"]["rollout"]["calculate_log_probs"],
+            "packed": record.get("remove_padding_effective"),
             "response tokens": cfg["data"]["max_response_length"],
             "steps": len(table),
         }
@@ -72,15 +76,40 @@ def plain_rows(path: Path) -> pd.DataFrame:
     return out.rename(columns={"max_tokens": "response tokens", "tok_s": "generated tok/s"})
 
 
+def against_plain(runs: pd.DataFrame, plain: pd.DataFrame) -> pd.DataFrame:
+    """Each vLLM run's rollout phase (all ranks' prompts, every GPU generating) beside plain vLLM generating the
+    same number of sequences on one GPU (without log-probs): the issue's yardstick, `plain / rollout` >= 0.9."""
+    sequences = plain[plain["seeded"]].groupby("response tokens")["prompts"].max()
+    seconds = plain[plain["seeded"]].set_index(["response tokens", "prompts"])["seconds"]
+    rows = []
+    for _, run in runs[runs["rollout"] == "vllm"].iterrows():
+        tokens = run["response tokens"]
+        reference = seconds.get((tokens, sequences.get(tokens)))
+        rows.append(
+            {
+                "suite": run["suite"],
+                "case": run["case"],
+                "seed": run["seed"],
+                "response tokens": tokens,
+                "sampler log-probs": run["sampler log-probs"],
+                "rollout s": run["rollout s"],
+                "plain vLLM s (one GPU, all prompts)": reference,
+                "plain / rollout": None if reference is None else reference / run["rollout s"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def mode_rows(root: Path, plain: pd.DataFrame) -> pd.DataFrame:
     """One server on one GPU asked each way, beside plain vLLM on the same prompt count (one rank's share)."""
     rows = [json.loads(line) for f in sorted(root.glob("request_modes*.jsonl")) for line in f.read_text().splitlines()]
     timed = pd.DataFrame([r for r in rows if r["what"] == "rollout"])
     if timed.empty:
         return timed
-    for column, default in (("fresh_prompts", False), ("omp_num_threads", "not recorded")):  # newer fields
+    newer = (("fresh_prompts", False), ("sleep_level", 0), ("omp_num_threads", "not recorded"))
+    for column, default in newer:
         timed[column] = timed.get(column, pd.Series(default, index=timed.index)).fillna(default)
-    keys = ["max_tokens", "server", "mode", "logprobs", "fresh_prompts", "omp_num_threads"]
+    keys = ["max_tokens", "server", "mode", "logprobs", "fresh_prompts", "sleep_level", "omp_num_threads"]
     out = timed.groupby(keys, as_index=False).agg(
         prompts=("prompts", "first"), seconds=("seconds", "mean"), tok_s=("tokens_per_s", "mean")
     )
@@ -96,10 +125,14 @@ def main() -> None:
     root = ap.parse_args().root
     runs = run_rows(root)
     plain = plain_rows(root / "plain_vllm.jsonl")
+    ratios = against_plain(runs, plain)
     runs["max |p_vllm - p_trainer|"] = runs["max |p_vllm - p_trainer|"].map("{:.1e}".format)
     text = "## dsrl runs (medians over steps 2..N)\n\n" + runs.round(3).to_markdown(index=False)
-    text += "\n\n## plain vLLM LLM.generate on one GPU (n=4, mean of 2 timed calls)\n\n"
+    text += "\n\n## plain vLLM LLM.generate on one GPU (n=4, mean of the timed calls)\n\n"
     text += plain.round(3).to_markdown(index=False) + "\n"
+    if not ratios.empty:
+        text += "\n## each vLLM run's rollout phase against plain vLLM on the same number of sequences\n\n"
+        text += ratios.round(3).to_markdown(index=False) + "\n"
     modes = mode_rows(root, plain)
     if not modes.empty:
         text += "\n## one dsrl server on one GPU, each way of asking it (n=4, mean of the timed calls)\n\n"

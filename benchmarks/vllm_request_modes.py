@@ -2,16 +2,18 @@
 
 One server started as the trainer starts it (`dsrl.rollout.vllm_server`: `--tokens-only`, the rollout knobs of
 `--config`'s trainer_overrides plus any `key=value` overrides), dummy weights, one GPU (or the CPU); with
-`--with-tokenizer` the same server with its tokenizer, as dsrl ran it before. For each response length and each
-mode, one warm-up and `--repeats` timed rollouts of `--prompts` prompts x n:
+`--with-tokenizer` the same server with its tokenizer, as dsrl ran it before. For each response length, mode,
+log-prob setting (`--logprobs`) and sleep level (`--sleep-levels`), one warm-up and `--repeats` timed rollouts of
+`--prompts` prompts x n:
 
-- `generate`: `/inference/v1/generate`, vLLM's token-in/token-out route, `detokenize: false` (what dsrl sends);
+- `generate`: `/inference/v1/generate`, vLLM's token-in/token-out route, with the trainer's own request bodies
+  (`dsrl.rollout.vllm_requests`: `detokenize: false`, its EOS as stop tokens);
 - `completions`: `/v1/completions`, one request per prompt with its own seed (what dsrl sent before; needs
-  `--with-tokenizer`);
-- `completions_batch`: one `/v1/completions` request carrying every prompt (one seed for all of them; needs
   `--with-tokenizer`).
 
-each with and without the sampled tokens' log-probs. One JSON line per timed rollout to stdout and `--out`.
+Sleep level 0 sends the rollouts back to back; 1 or 2 first puts the server through the trainer's cycle between
+two rollouts (sleep, wake the weights, reset the prefix cache, wake the KV cache), untimed, so a slower rollout
+after it is the cycle's cost. One JSON line per timed rollout to stdout and `--out`.
 
     python benchmarks/vllm_request_modes.py --train results/data/train.parquet --config config/gpu.yaml \
         --prompts 32 --n 4 --tokens 128 512 --out request_modes.jsonl
@@ -25,6 +27,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +38,9 @@ from transformers import AutoTokenizer
 from dsrl.config import load_config
 from dsrl.data import encode_prompts, read_prompts
 from dsrl.models import resolve_model_path
+from dsrl.rollout import Sampling, sampling_from
 from dsrl.rollout.server_layout import server_groups
+from dsrl.rollout.vllm_requests import generate_requests
 from dsrl.rollout.vllm_server import GENERATE, SERVED_NAME, VLLMServer, free_port, server_args, server_env
 from dsrl.workflow.commands import format_value
 
@@ -49,67 +54,58 @@ def overrides_from(config: Path | None, extra: list[str]) -> list[str]:
     return pairs + extra
 
 
-def completion_body(prompt: list[int] | list[list[int]], n: int, tokens: int, logprobs: bool, seed: int) -> dict:
-    """A `/v1/completions` request as dsrl sent it before the token-in/token-out route."""
-    body: dict[str, Any] = {
-        "model": SERVED_NAME,
-        "prompt": prompt,
-        "n": n,
-        "max_tokens": tokens,
-        "temperature": 1.0,
-        "seed": seed,
-        "return_token_ids": True,
-        "skip_special_tokens": False,
-    }
-    if logprobs:
-        body.update(logprobs=0, return_tokens_as_token_ids=True)
-    return body
+def completion_bodies(prompts: list[list[int]], n: int, sampling: Sampling, logprobs: bool, seed: int) -> list[dict]:
+    """`/v1/completions` requests as dsrl sent them before the token-in/token-out route: one per prompt."""
+    bodies = []
+    for i, prompt in enumerate(prompts):
+        body: dict[str, Any] = {
+            "model": SERVED_NAME,
+            "prompt": prompt,
+            "n": n,
+            "max_tokens": sampling.max_new_tokens,
+            "temperature": sampling.temperature,
+            "seed": seed + i * n,
+            "return_token_ids": True,
+            "skip_special_tokens": False,
+        }
+        if logprobs:
+            body.update(logprobs=0, return_tokens_as_token_ids=True)
+        bodies.append(body)
+    return bodies
 
 
-def generate_body(prompt: list[int], n: int, tokens: int, logprobs: bool, seed: int) -> dict:
-    """An `/inference/v1/generate` request as dsrl sends it (`vllm_rollout`)."""
-    params: dict[str, Any] = {
-        "n": n,
-        "max_tokens": tokens,
-        "temperature": 1.0,
-        "seed": seed,
-        "detokenize": False,
-        "skip_special_tokens": False,
-        "output_kind": 2,  # FINAL_ONLY: all n samples in one answer
-    }
-    if logprobs:
-        params["logprobs"] = 0
-    return {"token_ids": prompt, "sampling_params": params}
+def post_all(http: httpx.Client, route: str, bodies: list[dict]) -> int:
+    """Every request in flight at once, as the trainer sends them; the number of tokens generated."""
+
+    def one(body: dict) -> list[dict[str, Any]]:
+        resp = http.post(route, json=body)
+        resp.raise_for_status()
+        return resp.json()["choices"]
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return sum(len(c["token_ids"]) for choices in pool.map(one, bodies) for c in choices)
 
 
-def per_prompt(route: str, make_body: Callable[..., dict]) -> Callable[..., int]:
-    """One request per prompt, all in flight at once, each with its own seed range (as the trainer sends them)."""
-
-    def run(http: httpx.Client, prompts: list[list[int]], n: int, tokens: int, logprobs: bool, seed: int) -> int:
-        def one(i: int) -> list[dict[str, Any]]:
-            resp = http.post(route, json=make_body(prompts[i], n, tokens, logprobs, seed + i * n))
-            resp.raise_for_status()
-            return resp.json()["choices"]
-
-        with ThreadPoolExecutor(len(prompts)) as pool:
-            return sum(len(c["token_ids"]) for choices in pool.map(one, range(len(prompts))) for c in choices)
-
-    return run
+def cycle(http: httpx.Client, level: int) -> None:
+    """The trainer's server cycle between two rollouts: sleep through the update, wake the weights (the trainer
+    pushes them here), reset the prefix cache, wake the KV cache. Level 1 keeps the dummy weights, which no push
+    restores here; the KV cache is dropped and mapped again at either level."""
+    for path, params in (
+        ("/sleep", {"level": level}),
+        ("/wake_up", {"tags": "weights"}),
+        ("/reset_prefix_cache", None),
+        ("/wake_up", {"tags": "kv_cache"}),
+    ):
+        http.post(path, params=params).raise_for_status()
 
 
-def completions_batch(
-    http: httpx.Client, prompts: list[list[int]], n: int, tokens: int, logprobs: bool, seed: int
-) -> int:
-    resp = http.post("/v1/completions", json=completion_body(prompts, n, tokens, logprobs, seed))
-    resp.raise_for_status()
-    return sum(len(c["token_ids"]) for c in resp.json()["choices"])
+def trainer_bodies(eos_ids: set[int]) -> Callable[..., list[dict]]:
+    """The trainer's own `/inference/v1/generate` bodies (`dsrl.rollout.vllm_requests`), stopping on its EOS."""
 
+    def bodies(prompts: list[list[int]], n: int, sampling: Sampling, logprobs: bool, seed: int) -> list[dict]:
+        return generate_requests(prompts, n, sampling, seed, eos_ids, logprobs)
 
-MODES = {
-    "completions": per_prompt("/v1/completions", completion_body),
-    "generate": per_prompt(GENERATE, generate_body),
-    "completions_batch": completions_batch,
-}
+    return bodies
 
 
 def main() -> None:
@@ -125,7 +121,16 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--tokens", type=int, nargs="+", default=[128, 512])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--modes", nargs="+", default=["generate"], choices=list(MODES))
+    ap.add_argument("--modes", nargs="+", default=["generate"], choices=["generate", "completions"])
+    ap.add_argument("--logprobs", nargs="+", default=["on", "off"], choices=["on", "off"])
+    ap.add_argument(
+        "--sleep-levels",
+        nargs="+",
+        type=int,
+        default=[0],
+        choices=[0, 1, 2],
+        help="0: rollouts back to back; 1 or 2: the trainer's sleep/wake cycle at that level before each rollout",
+    )
     ap.add_argument(
         "--with-tokenizer",
         action="store_true",
@@ -141,7 +146,20 @@ def main() -> None:
     rollout = cfg.actor_rollout_ref.rollout
     model = str(resolve_model_path(str(cfg.actor_rollout_ref.model.path), corpus_files=[args.train]))
     tokenizer = AutoTokenizer.from_pretrained(model)
-    rollouts = len(args.tokens) * len(args.modes) * 2 * (args.repeats + 1) if args.fresh_prompts else 1
+    eos = tokenizer.eos_token_id
+    routes = {
+        "generate": (GENERATE, trainer_bodies({eos} if isinstance(eos, int) else set(eos or []))),
+        "completions": ("/v1/completions", completion_bodies),
+    }
+    trainer_sampling = sampling_from(cfg)  # the run's sampling knobs; the response length varies below
+    variants = [
+        (tokens, mode, logprobs == "on", level)
+        for tokens in args.tokens
+        for mode in args.modes
+        for logprobs in args.logprobs
+        for level in args.sleep_levels
+    ]
+    rollouts = len(variants) * (args.repeats + 1) if args.fresh_prompts else 1
     rows_needed = args.prompts * rollouts
     pool, _ = encode_prompts(read_prompts(args.train)[:rows_needed], tokenizer, int(rollout.prompt_length), True)
     if len(pool) < rows_needed:
@@ -161,40 +179,43 @@ def main() -> None:
     rows: list[dict[str, Any]] = [{"what": "server_start", "seconds": time.perf_counter() - start}]
     try:
         with httpx.Client(base_url=server.url, timeout=None) as http:
-            for tokens in args.tokens:
-                for mode in args.modes:
-                    for logprobs in (True, False):
-                        for repeat in range(-1, args.repeats):  # -1: warm-up
-                            prompts = batches[done % len(batches)]
-                            done += 1
-                            start = time.perf_counter()
-                            try:
-                                generated = MODES[mode](http, prompts, args.n, tokens, logprobs, seed=1000 * repeat)
-                            except httpx.HTTPStatusError as exc:  # e.g. a route this vLLM release hides
-                                rows.append({"what": "error", "mode": mode, "error": str(exc).splitlines()[0]})
-                                print(json.dumps(rows[-1]), flush=True)
-                                break
-                            seconds = time.perf_counter() - start
-                            if repeat < 0:
-                                continue
-                            rows.append(
-                                {
-                                    "what": "rollout",
-                                    "mode": mode,
-                                    "server": "tokenizer" if args.with_tokenizer else "tokens-only",
-                                    "logprobs": logprobs,
-                                    "prompts": len(prompts),
-                                    "fresh_prompts": args.fresh_prompts,
-                                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
-                                    "n": args.n,
-                                    "max_tokens": tokens,
-                                    "repeat": repeat,
-                                    "seconds": seconds,
-                                    "generated_tokens": generated,
-                                    "tokens_per_s": generated / seconds,
-                                }
-                            )
-                            print(json.dumps(rows[-1]), flush=True)
+            for tokens, mode, logprobs, level in variants:
+                sampling = replace(trainer_sampling, max_new_tokens=tokens)
+                for repeat in range(-1, args.repeats):  # -1: warm-up
+                    prompts = batches[done % len(batches)]
+                    done += 1
+                    if level:
+                        cycle(http, level)
+                    bodies = routes[mode][1](prompts, args.n, sampling, logprobs, 1000 * repeat)
+                    start = time.perf_counter()
+                    try:
+                        generated = post_all(http, routes[mode][0], bodies)
+                    except httpx.HTTPStatusError as exc:  # e.g. a route this vLLM release hides
+                        rows.append({"what": "error", "mode": mode, "error": str(exc).splitlines()[0]})
+                        print(json.dumps(rows[-1]), flush=True)
+                        break
+                    seconds = time.perf_counter() - start
+                    if repeat < 0:
+                        continue
+                    rows.append(
+                        {
+                            "what": "rollout",
+                            "mode": mode,
+                            "server": "tokenizer" if args.with_tokenizer else "tokens-only",
+                            "logprobs": logprobs,
+                            "prompts": len(prompts),
+                            "fresh_prompts": args.fresh_prompts,
+                            "sleep_level": level,
+                            "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
+                            "n": args.n,
+                            "max_tokens": tokens,
+                            "repeat": repeat,
+                            "seconds": seconds,
+                            "generated_tokens": generated,
+                            "tokens_per_s": generated / seconds,
+                        }
+                    )
+                    print(json.dumps(rows[-1]), flush=True)
     finally:
         server.stop()
     if args.out:

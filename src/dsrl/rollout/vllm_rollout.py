@@ -29,9 +29,10 @@ from omegaconf import DictConfig
 
 from dsrl import dist
 from dsrl.metrics import Timer
-from dsrl.rollout import Sampling, new_token_cap, trim_response
+from dsrl.rollout import Sampling, trim_response
 from dsrl.rollout.server_layout import group_of, server_groups
 from dsrl.rollout.staging import staging_buffer
+from dsrl.rollout.vllm_requests import generate_requests
 from dsrl.rollout.vllm_server import GENERATE, VLLMServer, check_cpu_head_dim, check_vllm_version, start_server
 from dsrl.rollout.weight_push import BucketPacker, Slot
 
@@ -122,36 +123,7 @@ class VLLMServerRollout:
                 self.sync_weights()
         with timer.phase("wake"):
             self._wake("weights", "kv_cache")
-        params: dict[str, Any] = {
-            "n": n,
-            "ignore_eos": sampling.ignore_eos,
-            # A tokens-only server has no tokenizer, so no EOS of its own: it stops on the trainer's.
-            "stop_token_ids": [] if sampling.ignore_eos else sorted(self.eos_ids),
-            "detokenize": False,
-            "skip_special_tokens": False,
-            # RequestOutputKind.FINAL_ONLY: one answer with all n samples. The route's default (cumulative) sends
-            # the newest samples only, so a request could come back with fewer than n (seen on vLLM 0.24).
-            "output_kind": 2,
-        }
-        if self.cfg.calculate_log_probs:
-            params["logprobs"] = 0  # the sampled token's log-prob only
-        if sampling.do_sample and sampling.temperature > 0:
-            params.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
-        else:
-            params.update(temperature=0.0)
-        # vLLM seeds the n samples of a request with seed, seed+1, ..., seed+n-1: give each prompt its own range, or
-        # prompts would share random streams. Seeded sampling makes a resumed run sample what an uninterrupted one did.
-        requests = [
-            {
-                "token_ids": list(p),
-                "sampling_params": {
-                    **params,
-                    "max_tokens": new_token_cap(len(p), sampling),
-                    "seed": (seed + i * n) % 2**63,
-                },
-            }
-            for i, p in enumerate(prompts)
-        ]
+        requests = generate_requests(prompts, n, sampling, seed, self.eos_ids, bool(self.cfg.calculate_log_probs))
         out: list[list[int]] = []
         log_probs: list[list[float]] = []
         with (
