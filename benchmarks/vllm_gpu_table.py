@@ -102,14 +102,18 @@ def against_plain(runs: pd.DataFrame, plain: pd.DataFrame) -> pd.DataFrame:
 
 def mode_rows(root: Path, plain: pd.DataFrame) -> pd.DataFrame:
     """One server on one GPU asked each way, beside plain vLLM on the same prompt count (one rank's share)."""
-    rows = [json.loads(line) for f in sorted(root.glob("request_modes*.jsonl")) for line in f.read_text().splitlines()]
+    rows = [
+        {**json.loads(line), "file": f.stem.removeprefix("request_modes_")}
+        for f in sorted(root.glob("request_modes*.jsonl"))
+        for line in f.read_text().splitlines()
+    ]
     timed = pd.DataFrame([r for r in rows if r["what"] == "rollout"])
     if timed.empty:
         return timed
     newer = (("fresh_prompts", False), ("sleep_level", 0), ("omp_num_threads", "not recorded"))
     for column, default in newer:
         timed[column] = timed.get(column, pd.Series(default, index=timed.index)).fillna(default)
-    keys = ["max_tokens", "server", "mode", "logprobs", "fresh_prompts", "sleep_level", "omp_num_threads"]
+    keys = ["file", "max_tokens", "server", "mode", "logprobs", "fresh_prompts", "sleep_level", "omp_num_threads"]
     out = timed.groupby(keys, as_index=False).agg(
         prompts=("prompts", "first"), seconds=("seconds", "mean"), tok_s=("tokens_per_s", "mean")
     )
