@@ -18,12 +18,13 @@ validate(config, schema="../config/schema/config.schema.yaml")
 PLAN = Plan(config, workdir=Path.cwd())
 
 
-# The executor is known only once the workflow starts (not while this file is parsed).
+# The executor and the jobs to run are known only once the workflow starts (not while this file is parsed).
 onstart:
     checks.gpus_for_local_jobs(
         PLAN.device,
         workflow.local_exec,
         workflow.dryrun,
+        any(job.rule.name == "train" for job in workflow.dag.needrun_jobs()),
         visible_gpus() if PLAN.device == "cuda" else 0,
         PLAN.gpus_per_job,
     )

@@ -259,7 +259,9 @@ def test_failed_run_reruns_alone(workdir):
     assert "Nothing to be done" in snakemake(workdir, "-n", target).stdout + snakemake(workdir, "-n", target).stderr
 
 
-def test_imported_runs_are_summarized(workdir):
+def import_verl_folder(workdir) -> dict:
+    """A verl benchmark folder (zero1_no_offload to step 3, zero3_cpu_offload cut at step 2) and a config importing
+    it as the suite `verl_zero_six`."""
     root = workdir / "outputs" / "zero_six_60_seed7777_fix_20250101"
     for case, last in (("zero1_no_offload", 3), ("zero3_cpu_offload", 2)):
         (root / case).mkdir(parents=True)
@@ -270,7 +272,11 @@ def test_imported_runs_are_summarized(workdir):
         (root / case / "train.log").write_text("\n".join(lines) + "\n")
     config = default_config()
     config["imports"] = {"verl_zero_six": {"path": str(root.relative_to(workdir)), "steps": 3, "seed": 7777}}
-    write_config(workdir, config)
+    return config
+
+
+def test_imported_runs_are_summarized(workdir):
+    write_config(workdir, import_verl_folder(workdir))
     snakemake(workdir, "-c2", "results/verl_zero_six/overall.tsv", "results/verl_zero_six/parity.tsv")
     summary = pd.read_csv(workdir / "results/verl_zero_six/summary.tsv", sep="\t").set_index("case")
     assert summary.loc["zero1_no_offload", "step_target_score_mean"] == 0.3
@@ -291,3 +297,13 @@ def test_gpu_config_without_gpus_fails_before_any_job(workdir, monkeypatch):
     assert proc.returncode != 0
     assert "device=cuda needs 2 GPU(s) per training job but this machine shows 0" in proc.stdout + proc.stderr
     assert not (workdir / "results").exists() and not (workdir / "calls.log").exists()
+
+
+def test_gpu_config_without_gpus_makes_tables_when_no_training_is_left(workdir, monkeypatch):
+    """Tables of imported (or finished) runs need no GPU: the check above looks only at the jobs left to run."""
+    write_config(workdir, import_verl_folder(workdir))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    target = "results/verl_zero_six/overall.tsv"
+    snakemake(workdir, "-c2", "--configfile", str(workdir / "config/gpu.yaml"), "--", target)
+    overall = pd.read_csv(workdir / target, sep="\t").set_index("metric")["value"]
+    assert overall["n_runs"] == "2" and not (workdir / "calls.log").exists()

@@ -205,19 +205,20 @@ def test_gpu_run_sets_visible_devices_and_passes_exit_code(tmp_path, capfd, monk
 
 
 @pytest.mark.parametrize(
-    ("device", "local_exec", "dryrun", "visible", "fails"),
+    ("device", "local_exec", "dryrun", "trains", "visible", "fails"),
     [
-        ("cuda", True, False, 0, True),
-        ("cuda", True, False, 1, True),  # a 2-GPU job on a 1-GPU machine
-        ("cuda", True, False, 8, False),
-        ("cuda", False, False, 0, False),  # a cluster executor places jobs on GPU nodes
-        ("cuda", True, True, 0, False),  # a dry run starts nothing
-        ("cpu", True, False, 0, False),
+        ("cuda", True, False, True, 0, True),
+        ("cuda", True, False, True, 1, True),  # a 2-GPU job on a 1-GPU machine
+        ("cuda", True, False, True, 8, False),
+        ("cuda", False, False, True, 0, False),  # a cluster executor places jobs on GPU nodes
+        ("cuda", True, True, True, 0, False),  # a dry run starts nothing
+        ("cuda", True, False, False, 0, False),  # only tables and plots left to make
+        ("cpu", True, False, True, 0, False),
     ],
 )
-def test_gpu_jobs_need_visible_gpus_when_run_locally(device, local_exec, dryrun, visible, fails):
+def test_gpu_jobs_need_visible_gpus_when_run_locally(device, local_exec, dryrun, trains, visible, fails):
     if fails:
         with pytest.raises(ConfigError, match="--profile slurm"):
-            gpus_for_local_jobs(device, local_exec, dryrun, visible, needed=2)
+            gpus_for_local_jobs(device, local_exec, dryrun, trains, visible, needed=2)
     else:
-        gpus_for_local_jobs(device, local_exec, dryrun, visible, needed=2)
+        gpus_for_local_jobs(device, local_exec, dryrun, trains, visible, needed=2)

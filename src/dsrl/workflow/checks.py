@@ -84,12 +84,13 @@ def trainer_executable(config: Mapping[str, Any], workdir: Path) -> str:
     return str(path.resolve())
 
 
-def gpus_for_local_jobs(device: str, local_exec: bool, dryrun: bool, visible: int, needed: int) -> None:
+def gpus_for_local_jobs(device: str, local_exec: bool, dryrun: bool, trains: bool, visible: int, needed: int) -> None:
     """A GPU config run by the local executor on a machine without GPUs fails here, before any job starts.
 
-    Cluster executors (the slurm profile) place jobs on GPU nodes, and dry runs start nothing, so both pass.
+    Cluster executors (the slurm profile) place jobs on GPU nodes, dry runs start nothing, and a run with no
+    training job left (tables and plots from finished or imported runs) needs no GPU: all of these pass.
     """
-    if device != "cuda" or not local_exec or dryrun:
+    if device != "cuda" or not local_exec or dryrun or not trains:
         return
     if visible < needed:
         raise ConfigError(
