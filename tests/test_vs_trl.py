@@ -58,7 +58,9 @@ def test_trl_command_and_deepspeed_config(tmp_path: Path) -> None:
     assert cmd[cmd.index("--micro-batch") + 1] == "64" and "--vllm" not in cmd
     ds = json.loads((tmp_path / "run" / "ds_config.json").read_text())
     assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"] == {"enabled": True}
-    assert ds["zero_optimization"]["memory_efficient_linear"] is False
+    dsrl = load_config(run.dsrl_overrides(work, tmp_path / "model", tmp_path / "data", tmp_path / "run"))
+    mel = dsrl.actor_rollout_ref.actor.deepspeed.stage3_memory_efficient_linear
+    assert mel is True and ds["zero_optimization"]["memory_efficient_linear"] is mel  # config/gpu.yaml's, both sides
     assert ds["optimizer"]["type"] == "AdamW"
 
 

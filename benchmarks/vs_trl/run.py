@@ -122,7 +122,10 @@ def ds_config(work: Work) -> dict[str, Any]:
             stage3_prefetch_bucket_size=int(5e7),
             stage3_param_persistence_threshold=int(1e5),
             stage3_gather_16bit_weights_on_model_save=False,
-            memory_efficient_linear=False,
+            # dsrl's value (config/gpu.yaml turns it on: a faster ZeRO-3 update), so the knob is equal on both sides
+            memory_efficient_linear=bool(
+                dsrl_settings(work).get("actor_rollout_ref.actor.deepspeed.stage3_memory_efficient_linear", False)
+            ),
         )
     cfg: dict[str, Any] = {
         "zero_optimization": zero,
@@ -186,18 +189,21 @@ def trl_command(work: Work, model: Path, train: Path, run_dir: Path) -> list[str
     return cmd
 
 
-def dsrl_overrides(work: Work, model: Path, data: Path, run_dir: Path) -> list[str]:
+def dsrl_settings(work: Work) -> dict[str, Any]:
     """config/gpu.yaml's (CPU: config/config.yaml's) trainer overrides, GRPO and the ZeRO case, as the workflow
-    composes them (dsrl.workflow.plan.Plan.overrides), then this comparison's settings."""
+    composes them (dsrl.workflow.plan.Plan.overrides)."""
     base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     shared = dict(base["trainer_overrides"])
     if work.device == "cuda":
         shared.update(yaml.safe_load((ROOT / "config" / "gpu.yaml").read_text())["trainer_overrides"])
     case = {"zero_stage": work.zero_stage, "offload": "none"}
+    return {**shared, **base["algorithms"]["grpo"], **case_overrides(case)}
+
+
+def dsrl_overrides(work: Work, model: Path, data: Path, run_dir: Path) -> list[str]:
+    """`dsrl_settings`, then this comparison's settings."""
     merged: dict[str, Any] = {
-        **shared,
-        **base["algorithms"]["grpo"],
-        **case_overrides(case),
+        **dsrl_settings(work),
         "actor_rollout_ref.model.path": str(model),
         "actor_rollout_ref.rollout.name": work.rollout,
         "actor_rollout_ref.rollout.n": work.n,
