@@ -24,7 +24,8 @@ mkdir -p $diag
     source .device/setup.sh >/dev/null || exit 1
     export HF_HUB_OFFLINE=1 DSRL_CACHE_DIR=/tmp/dsrl-cache VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
     data=/tmp/request-modes/data
-    python3 -m dsrl.cli prepare-data --source .device/gsm8k --out-dir $data --train-size 2048 --test-size 64 || exit 1  # as the suites: the same model folder
+    # the suites' sizes (benchmarks/gpu_suites.yaml): the same parquet, so the same model folder and tokenizer
+    python3 -m dsrl.cli prepare-data --source .device/gsm8k --out-dir $data --train-size 2048 --test-size 64 || exit 1
     python3 -c "from dsrl.models import resolve_model_path as r; r('random:qwen3-0.6b', corpus_files=['$data/train.parquet'])"
     CUDA_VISIBLE_DEVICES=1 timeout -k 5 240 python3 benchmarks/vllm_plain.py --train $data/train.parquet \
         --prompts 32 64 --n 4 --tokens 128 512 --repeats 3 --out "$diag/plain_vllm.jsonl" >"$diag/plain_vllm.log" 2>&1 &
