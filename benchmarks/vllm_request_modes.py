@@ -41,7 +41,15 @@ from dsrl.models import resolve_model_path
 from dsrl.rollout import Sampling, sampling_from
 from dsrl.rollout.server_layout import server_groups
 from dsrl.rollout.vllm_requests import generate_requests
-from dsrl.rollout.vllm_server import GENERATE, SERVED_NAME, VLLMServer, free_port, server_args, server_env
+from dsrl.rollout.vllm_server import (
+    GENERATE,
+    SERVED_NAME,
+    VLLMServer,
+    free_port,
+    server_args,
+    server_client,
+    server_env,
+)
 from dsrl.workflow.commands import format_value
 
 
@@ -178,7 +186,7 @@ def main() -> None:
     server.start(float(rollout.server_start_timeout))
     rows: list[dict[str, Any]] = [{"what": "server_start", "seconds": time.perf_counter() - start}]
     try:
-        with httpx.Client(base_url=server.url, timeout=None) as http:
+        with server_client(server.url) as http:
             for tokens, mode, logprobs, level in variants:
                 sampling = replace(trainer_sampling, max_new_tokens=tokens)
                 for repeat in range(-1, args.repeats):  # -1: warm-up

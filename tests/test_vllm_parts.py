@@ -186,3 +186,19 @@ def test_vllm_version_is_checked_before_a_server_starts(monkeypatch, installed, 
     else:
         with pytest.raises(ConfigError, match=r"rollout.name=vllm needs vllm(-cpu)? >= 0\.\d+; found"):
             check_vllm_version(device)
+
+
+def test_the_client_drops_idle_connections_before_the_server_closes_them(tmp_path):
+    """Reusing a connection the server is closing fails with 'Server disconnected without sending a response'."""
+    from dsrl.rollout.vllm_server import server_client
+
+    cfg = load_config([]).actor_rollout_ref.rollout
+    environ = {**torchrun_environ(), "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "1"}  # a user's setting must not shorten it
+    server_keep_alive = int(
+        server_env(cfg, "cpu", server_groups(1, 1, 1, "cpu")[0], tmp_path / "s.log", environ)[
+            "VLLM_HTTP_TIMEOUT_KEEP_ALIVE"
+        ]
+    )
+    with server_client("http://127.0.0.1:1") as client:
+        client_keep_alive = client._transport._pool._keepalive_expiry
+    assert client_keep_alive <= server_keep_alive / 2

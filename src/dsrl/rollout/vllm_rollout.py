@@ -33,7 +33,14 @@ from dsrl.rollout import Sampling, trim_response
 from dsrl.rollout.server_layout import group_of, server_groups
 from dsrl.rollout.staging import staging_buffer
 from dsrl.rollout.vllm_requests import generate_requests
-from dsrl.rollout.vllm_server import GENERATE, VLLMServer, check_cpu_head_dim, check_vllm_version, start_server
+from dsrl.rollout.vllm_server import (
+    GENERATE,
+    VLLMServer,
+    check_cpu_head_dim,
+    check_vllm_version,
+    server_client,
+    start_server,
+)
 from dsrl.rollout.weight_push import BucketPacker, Slot
 
 log = logging.getLogger("dsrl")
@@ -99,7 +106,7 @@ class VLLMServerRollout:
             self.close()
             raise RuntimeError(errors[0])
         self.url = shared[self.group.leader][0]
-        self.http = httpx.Client(base_url=self.url, timeout=None)
+        self.http = server_client(self.url)
 
         self.packer = BucketPacker(
             engine.module, engine.zero_optimization_stage() == 3, int(cfg.update_weights_bucket_megabytes) << 20

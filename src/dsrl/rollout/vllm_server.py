@@ -20,16 +20,25 @@ import sys
 import time
 from contextlib import suppress
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
 from dsrl.config import ConfigError
 from dsrl.rollout.server_layout import ServerGroup
 
+if TYPE_CHECKING:
+    import httpx
+
 SERVED_NAME = "dsrl-actor"
 # vLLM's token-in/token-out route (0.24 and 0.32 alike): prompt ids and SamplingParams in, token ids out.
 GENERATE = "/inference/v1/generate"
 EXTENSION = "dsrl.rollout.vllm_receiver.WorkerExtension"
+# The server closes a connection idle this long (VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s unless set). A client that keeps
+# idle connections as long races that close and gets "Server disconnected without sending a response" (seen in CI
+# when a training phase took about 5 s), so the client drops its idle connections well before the server does.
+SERVER_KEEP_ALIVE_S = 60
+CLIENT_KEEP_ALIVE_S = 20.0
 _PR_SET_PDEATHSIG = 1
 # What torchrun sets for its workers. A server that inherits them joins torchrun's rendezvous store in its own
 # one-process distributed init and hangs there (seen on 2 x H200 with vLLM 0.24).
@@ -127,7 +136,11 @@ def server_env(
     """
     environ = dict(os.environ if environ is None else environ)
     env = {k: v for k, v in environ.items() if k not in _TORCHRUN_VARS and not k.startswith("TORCHELASTIC_")}
-    env.update(VLLM_SERVER_DEV_MODE="1", DSRL_VLLM_SERVER_LOG=str(log_path))
+    env.update(
+        VLLM_SERVER_DEV_MODE="1",
+        DSRL_VLLM_SERVER_LOG=str(log_path),
+        VLLM_HTTP_TIMEOUT_KEEP_ALIVE=str(SERVER_KEEP_ALIVE_S),
+    )
     if device_type == "cuda":
         visible = environ.get("CUDA_VISIBLE_DEVICES")
         gpus = visible.split(",") if visible else [str(i) for i in range(max(group.local_devices) + 1)]
@@ -221,6 +234,13 @@ def start_server(
             if attempt == 2 or not server.port_clash():
                 raise
     raise AssertionError("unreachable")
+
+
+def server_client(url: str) -> httpx.Client:
+    """An HTTP client for one server that never reuses a connection the server may be closing."""
+    import httpx  # noqa: F811 (imported here at run time: the launcher's preflight runs without httpx)
+
+    return httpx.Client(base_url=url, timeout=None, limits=httpx.Limits(keepalive_expiry=CLIENT_KEEP_ALIVE_S))
 
 
 def check_cpu_head_dim(config, model_path: str) -> None:
