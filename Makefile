@@ -62,7 +62,8 @@ check-cuda-lock: $(WF)/.installed
 	$(WF)/bin/python requirements/cuda_lock.py requirements/train-cuda.txt
 
 # Tests that need torch/DeepSpeed run in the trainer environment, the rest in the workflow environment; each run
-# lists its 15 slowest tests, so that CI logs show where the suite's ~20 min go.
+# lists its 15 slowest tests, so that CI logs show where the suite's time goes (2 cores: ~16.5 min trainer env,
+# ~9 min workflow env; a 2-step trainer run is ~10 s, nearly all of it the ranks importing torch/DeepSpeed/transformers).
 test-train: $(TRAIN)/.installed
 	$(TRAIN)/bin/python -m pytest -m train -q -rs --durations=15
 
