@@ -38,7 +38,7 @@ from transformers import AutoTokenizer
 from dsrl.config import load_config
 from dsrl.data import encode_prompts, read_prompts
 from dsrl.models import resolve_model_path
-from dsrl.rollout import Sampling, sampling_from
+from dsrl.rollout import Sampling, eos_ids, sampling_from
 from dsrl.rollout.server_layout import server_groups
 from dsrl.rollout.vllm_requests import generate_requests
 from dsrl.rollout.vllm_server import (
@@ -154,9 +154,8 @@ def main() -> None:
     rollout = cfg.actor_rollout_ref.rollout
     model = str(resolve_model_path(str(cfg.actor_rollout_ref.model.path), corpus_files=[args.train]))
     tokenizer = AutoTokenizer.from_pretrained(model)
-    eos = tokenizer.eos_token_id
     routes = {
-        "generate": (GENERATE, trainer_bodies({eos} if isinstance(eos, int) else set(eos or []))),
+        "generate": (GENERATE, trainer_bodies(eos_ids(tokenizer))),
         "completions": ("/v1/completions", completion_bodies),
     }
     trainer_sampling = sampling_from(cfg)  # the run's sampling knobs; the response length varies below

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
-from dsrl.rollout import Sampling
+from dsrl.rollout import Sampling, eos_ids
 from dsrl.rollout.vllm_requests import FINAL_ONLY, generate_requests
+
+
+@pytest.mark.parametrize(("eos", "expected"), [(2, {2}), ([2, 7], {2, 7}), (None, set())])
+def test_eos_ids_take_every_form_of_a_tokenizers_eos(eos, expected):
+    """A server without a tokenizer stops only on these: an EOS list (several end tokens) must not lose any."""
+    assert eos_ids(SimpleNamespace(eos_token_id=eos)) == expected
 
 
 def test_each_prompt_gets_its_own_seed_range_and_budget():

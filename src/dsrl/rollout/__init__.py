@@ -74,6 +74,12 @@ class Rollout(Protocol):
     def close(self) -> None: ...
 
 
+def eos_ids(tokenizer: Any) -> set[int]:
+    """The tokenizer's EOS as a set: `eos_token_id` is an int, a list (several end tokens) or None."""
+    eos = tokenizer.eos_token_id
+    return {eos} if isinstance(eos, int) else set(eos or [])
+
+
 def trim_response(tokens: Sequence[int], eos_ids: set[int], ignore_eos: bool = False) -> list[int]:
     """Cut a generated continuation after its first EOS (kept, as verl does); what follows is padding."""
     out = list(tokens)

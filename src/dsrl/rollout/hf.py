@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from dsrl.engines import full_parameters
-from dsrl.rollout import Sampling, new_token_cap, trim_response
+from dsrl.rollout import Sampling, eos_ids, new_token_cap, trim_response
 
 
 class HFRollout:
@@ -20,8 +20,7 @@ class HFRollout:
         self.engine = engine
         self.device = device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        eos = tokenizer.eos_token_id
-        self.eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
+        self.eos_ids = eos_ids(tokenizer)
         self.micro_batch = micro_batch
         self._timings: dict[str, float] = {}
 

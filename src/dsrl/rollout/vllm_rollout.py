@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 
 from dsrl import dist
 from dsrl.metrics import Timer
-from dsrl.rollout import Sampling, trim_response
+from dsrl.rollout import Sampling, eos_ids, trim_response
 from dsrl.rollout.server_layout import group_of, server_groups
 from dsrl.rollout.staging import staging_buffer
 from dsrl.rollout.vllm_requests import generate_requests
@@ -66,8 +66,7 @@ class VLLMServerRollout:
         device_type = launch.device.type
         self.gpu = device_type == "cuda"
         self.sleeps = self.gpu and bool(cfg.free_cache_engine)
-        eos = tokenizer.eos_token_id
-        self.eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
+        self.eos_ids = eos_ids(tokenizer)
         self.server: VLLMServer | None = None
         self.http: httpx.Client | None = None
         log.info("vLLM rollout with %s", check_vllm_version(device_type))

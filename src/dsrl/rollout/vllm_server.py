@@ -34,9 +34,9 @@ SERVED_NAME = "dsrl-actor"
 # vLLM's token-in/token-out route (0.24 and 0.32 alike): prompt ids and SamplingParams in, token ids out.
 GENERATE = "/inference/v1/generate"
 EXTENSION = "dsrl.rollout.vllm_receiver.WorkerExtension"
-# The server closes a connection idle this long (VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s unless set). A client that keeps
-# idle connections as long races that close and gets "Server disconnected without sending a response" (seen in CI
-# when a training phase took about 5 s), so the client drops its idle connections well before the server does.
+# The server closes a connection idle for VLLM_HTTP_TIMEOUT_KEEP_ALIVE seconds (vLLM's default 5 s; server_env sets
+# this). A client that keeps idle connections as long races that close and gets "Server disconnected without sending
+# a response" (seen in CI when a training phase took about 5 s), so the client drops them well before the server.
 SERVER_KEEP_ALIVE_S = 60
 CLIENT_KEEP_ALIVE_S = 20.0
 _PR_SET_PDEATHSIG = 1
